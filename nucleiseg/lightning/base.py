@@ -1,0 +1,120 @@
+"""Shared behaviour of the LightningModules: BCE loss, per-phase logging, torchmetrics.
+
+Metric keys are ``<phase>/<split>/<output>/<metric>`` (e.g. ``finetune/val/two_stage/dice``)
+because every phase runs its own ``Trainer.fit`` and restarts the global step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nucleiseg.metrics.pixel import pixel_metrics, summarise
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+EVAL_SPLITS = ("val", "test")
+
+
+def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise binary cross-entropy in the numerically stable logits form."""
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+class SegmentationModule(L.LightningModule):
+    """Base for the stage modules. Subclasses define ``parts`` and ``compute_outputs``."""
+
+    #: names of the probability maps this module produces, e.g. ("stage1", "two_stage")
+    outputs: tuple[str, ...] = ()
+
+    def __init__(self, optimizer: OptimizerFactory | None = None, threshold: float = 0.5) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.phase = "train"
+        self.epoch_offset = 0  # epochs run in earlier phases: one axis across phases
+        self.metrics = nn.ModuleDict(
+            {
+                f"{split}_{output}": pixel_metrics(threshold)
+                for split in EVAL_SPLITS
+                for output in self.outputs
+            }
+        )
+        self.last_metrics: dict[str, dict[str, dict[str, float]]] = {}
+
+    # -- to implement ---------------------------------------------------------------------
+    @property
+    def parts(self) -> dict[str, nn.Module]:
+        """Named sub-networks that phases freeze or train (``stage1``, ``enhancer``)."""
+        raise NotImplementedError
+
+    def compute_outputs(
+        self, image: torch.Tensor, target: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Logits per output name, and extra loss terms (auxiliary heads, given ``target``)."""
+        raise NotImplementedError
+
+    def loss(self, logits: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- training -------------------------------------------------------------------------
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.compute_outputs(image)[0]
+
+    def _shared_step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
+        image, target = batch["image"], batch["mask"]
+        logits, extra_loss = self.compute_outputs(image, target if split == "train" else None)
+        loss = self.loss(logits, target) + extra_loss
+        self.log(
+            f"{self.phase}/{split}/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=split != "test",
+            batch_size=image.shape[0],
+            sync_dist=True,
+        )
+        if split in EVAL_SPLITS:
+            for output, value in logits.items():
+                self.metrics[f"{split}_{output}"].update(torch.sigmoid(value), target.int())
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def _log_split_metrics(self, split: str) -> None:
+        results: dict[str, dict[str, float]] = {}
+        for output in self.outputs:
+            collection = self.metrics[f"{split}_{output}"]
+            summary = summarise(collection.compute())
+            collection.reset()
+            results[output] = summary
+            for name, value in summary.items():
+                self.log(f"{self.phase}/{split}/{output}/{name}", value, sync_dist=False)
+        if split == "val":
+            self.log("epoch_total", float(self.epoch_offset + self.current_epoch))
+        self.last_metrics[split] = results
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split_metrics("test")
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """A fresh optimizer over the trainable weights; each phase's fit calls this anew."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise RuntimeError(f"phase '{self.phase}' has no trainable weights")
+        if self.optimizer_factory is None:
+            return torch.optim.Adam(params, lr=1e-4)
+        return self.optimizer_factory(params)

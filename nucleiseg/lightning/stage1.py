@@ -1,0 +1,51 @@
+"""Stage 1 alone: an encoder-decoder trained with pixel-wise BCE (phase 1, the plain row)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nucleiseg.lightning.base import OptimizerFactory, SegmentationModule, bce
+
+
+def stage1_logits(
+    stage1: nn.Module, image: torch.Tensor, target: torch.Tensor | None, aux_weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a backbone; where it has auxiliary heads (Micro-Net) and a target, add their BCE."""
+    forward_with_aux = getattr(stage1, "forward_with_aux", None)
+    if forward_with_aux is None or target is None or aux_weight == 0:
+        return stage1(image), image.new_zeros(())
+    logits, aux = forward_with_aux(image)
+    aux_loss = torch.stack([bce(a, target) for a in aux]).mean()
+    return logits, aux_weight * aux_loss
+
+
+class Stage1Module(SegmentationModule):
+    """Wraps any smp-style backbone (``(N, 3, H, W) -> (N, 1, H, W)`` logits)."""
+
+    outputs = ("stage1",)
+
+    def __init__(
+        self,
+        stage1: nn.Module,
+        optimizer: OptimizerFactory | None = None,
+        aux_weight: float = 0.0,
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__(optimizer=optimizer, threshold=threshold)
+        self.save_hyperparameters(ignore=["stage1", "optimizer"])
+        self.stage1 = stage1
+        self.aux_weight = aux_weight
+
+    @property
+    def parts(self) -> dict[str, nn.Module]:
+        return {"stage1": self.stage1}
+
+    def compute_outputs(
+        self, image: torch.Tensor, target: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        logits, aux_loss = stage1_logits(self.stage1, image, target, self.aux_weight)
+        return {"stage1": logits}, aux_loss
+
+    def loss(self, logits: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        return bce(logits["stage1"], target)

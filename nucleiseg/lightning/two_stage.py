@@ -1,0 +1,73 @@
+"""The two-stage model: stage 1's probability map, refined by the enhancement network.
+
+Phase 2 trains the enhancer on a frozen stage 1 (run under ``no_grad`` and kept in eval
+mode, so BatchNorm statistics do not move); phase 3 fine-tunes both, the gradient of the
+final BCE flowing through the stage-1 probability into stage 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from nucleiseg.lightning.base import OptimizerFactory, SegmentationModule, bce
+from nucleiseg.lightning.stage1 import stage1_logits
+
+
+class TwoStageModule(SegmentationModule):
+    """Stage 1 + enhancement network; outputs ``stage1`` and ``two_stage`` logits."""
+
+    outputs = ("stage1", "two_stage")
+
+    def __init__(
+        self,
+        stage1: nn.Module,
+        enhancer: nn.Module,
+        optimizer: OptimizerFactory | None = None,
+        stage1_loss_weight: float = 0.0,
+        aux_weight: float = 0.0,
+        enhancer_sees_image: bool = True,
+        threshold: float = 0.5,
+    ) -> None:
+        super().__init__(optimizer=optimizer, threshold=threshold)
+        self.save_hyperparameters(ignore=["stage1", "enhancer", "optimizer"])
+        self.stage1 = stage1
+        self.enhancer = enhancer
+        self.stage1_loss_weight = stage1_loss_weight
+        self.aux_weight = aux_weight
+        self.enhancer_sees_image = enhancer_sees_image
+
+    @property
+    def parts(self) -> dict[str, nn.Module]:
+        return {"stage1": self.stage1, "enhancer": self.enhancer}
+
+    @property
+    def stage1_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.stage1.parameters())
+
+    def train(self, mode: bool = True) -> TwoStageModule:
+        """Keep a frozen stage 1 in eval mode whatever Lightning toggles around validation."""
+        super().train(mode)
+        if self.stage1_frozen:
+            self.stage1.eval()
+        return self
+
+    def compute_outputs(
+        self, image: torch.Tensor, target: torch.Tensor | None = None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if self.stage1_frozen:
+            with torch.no_grad():
+                logits1 = self.stage1(image)
+            extra = image.new_zeros(())
+        else:
+            weight = self.aux_weight * self.stage1_loss_weight
+            logits1, extra = stage1_logits(self.stage1, image, target, weight)
+        prob1 = torch.sigmoid(logits1)
+        enhancer_input = torch.cat([image, prob1], dim=1) if self.enhancer_sees_image else prob1
+        return {"stage1": logits1, "two_stage": self.enhancer(enhancer_input)}, extra
+
+    def loss(self, logits: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        loss = bce(logits["two_stage"], target)
+        if self.stage1_loss_weight > 0 and not self.stage1_frozen:
+            loss = loss + self.stage1_loss_weight * bce(logits["stage1"], target)
+        return loss

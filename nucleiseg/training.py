@@ -1,0 +1,187 @@
+"""The three-phase training run behind ``python -m nucleiseg.train``.
+
+``train(cfg)`` composes everything from the Hydra config with ``hydra.utils.instantiate``,
+then runs one ``Trainer.fit`` per phase (see ``nucleiseg.callbacks.phase_controller``),
+restores each phase's best weights before the next, tests after every phase and writes
+``results.json`` into the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from nucleiseg.callbacks.phase_controller import Phase, PhaseController, apply_phase
+from nucleiseg.lightning.base import SegmentationModule
+
+log = logging.getLogger(__name__)
+PHASE_CALLBACKS = ("model_checkpoint", "early_stopping")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def load_weights(module: SegmentationModule, checkpoint: str | Path) -> None:
+    """Load a checkpoint's weights into ``module``; parts absent from it keep their weights."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint '{path}' does not exist; point stage.init_from at a .ckpt written by "
+            "an earlier run (its checkpoints/<phase>/best.ckpt)"
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {k: v for k, v in state.items() if not k.startswith("metrics.")}
+    result = module.load_state_dict(weights, strict=False)
+    loaded_parts = {k.split(".", 1)[0] for k in weights}
+    missing = [k for k in result.missing_keys if k.split(".", 1)[0] in loaded_parts]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"checkpoint '{path}' does not fit this model (missing {missing[:3]}, unexpected "
+            f"{result.unexpected_keys[:3]}); was it trained with the same backbone settings?"
+        )
+
+
+def build_modules(cfg: DictConfig) -> dict[str, SegmentationModule]:
+    """Stage 1 and the two-stage module, sharing one stage-1 network."""
+    stage1 = instantiate(cfg.backbone.net)
+    enhancer = instantiate(cfg.model.enhancer)
+    optimizer = instantiate(cfg.model.optimizer)
+    return {
+        "stage1": instantiate(cfg.model.stage1_module, stage1=stage1, optimizer=optimizer),
+        "two_stage": instantiate(
+            cfg.model.two_stage_module, stage1=stage1, enhancer=enhancer, optimizer=optimizer
+        ),
+    }
+
+
+def build_phases(cfg: DictConfig) -> list[Phase]:
+    phases = [Phase(**OmegaConf.to_container(p, resolve=True)) for p in cfg.stage.phases]
+    if not phases:
+        raise ValueError(f"stage '{cfg.stage.name}' lists no phases under stage.phases")
+    return phases
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+
+
+def phase_trainer(
+    cfg: DictConfig, phase: Phase, index: int, run_dir: Path, loggers: list[Any]
+) -> tuple[L.Trainer, ModelCheckpoint, EarlyStopping]:
+    """A fresh Trainer with fresh checkpoint/early-stopping callbacks for one phase."""
+    monitor = f"{phase.name}/val/loss"
+    checkpoint = instantiate(
+        cfg.callbacks.model_checkpoint,
+        dirpath=str(run_dir / "checkpoints" / phase.name),
+        monitor=monitor,
+    )
+    early_stopping = instantiate(
+        cfg.callbacks.early_stopping, monitor=monitor, patience=phase.patience
+    )
+    extra = [instantiate(c) for k, c in cfg.callbacks.items() if k not in PHASE_CALLBACKS and c]
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=[PhaseController(phase, index), checkpoint, early_stopping, *extra],
+        logger=loggers or False,
+        max_epochs=phase.max_epochs,
+        min_epochs=phase.min_epochs,
+        default_root_dir=str(run_dir),
+    )
+    return trainer, checkpoint, early_stopping
+
+
+def stop_reason(trainer: L.Trainer, early_stopping: EarlyStopping, phase: Phase) -> str:
+    if trainer.interrupted:
+        return "interrupted"
+    if early_stopping.stopped_epoch > 0:
+        return "early_stopping"
+    return "max_epochs" if trainer.current_epoch >= phase.max_epochs else "stopped"
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run every phase of ``cfg.stage`` and return (and write) the run's results."""
+    run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    config_path = run_dir / "config.yaml"
+    OmegaConf.save(cfg, config_path, resolve=True)
+
+    phases = build_phases(cfg)
+    datamodule = instantiate(cfg.dataset.datamodule)
+    modules = build_modules(cfg)
+    if OmegaConf.is_missing(cfg.stage, "init_from"):
+        raise ValueError(
+            f"stage '{cfg.stage.name}' starts from trained weights: set "
+            "stage.init_from=<run dir>/checkpoints/<phase>/best.ckpt"
+        )
+    if cfg.stage.init_from:
+        load_weights(modules["two_stage"], cfg.stage.init_from)
+    loggers = build_loggers(cfg)
+
+    results: dict[str, Any] = {
+        "dataset": cfg.dataset.name,
+        "backbone": cfg.backbone.name,
+        "stage": cfg.stage.name,
+        "seed": cfg.seed,
+        "config": str(config_path.resolve()),
+        "status": "running",
+        "phases": [],
+        "test": {},
+    }
+    epochs_so_far = 0
+    trainer = None
+    for index, phase in enumerate(phases):
+        module = modules[phase.module]
+        apply_phase(module, phase)  # in the main process too: ddp_spawn would lose callbacks'
+        module.epoch_offset = epochs_so_far
+        log.info(
+            "phase %d/%d '%s': training %s (max %d epochs, patience %d)",
+            index + 1,
+            len(phases),
+            phase.name,
+            "+".join(phase.trainable),
+            phase.max_epochs,
+            phase.patience,
+        )
+        trainer, checkpoint, early_stopping = phase_trainer(cfg, phase, index, run_dir, loggers)
+        trainer.fit(module, datamodule=datamodule)
+        if checkpoint.best_model_path:
+            load_weights(module, checkpoint.best_model_path)
+        trainer.test(module, datamodule=datamodule, verbose=False)
+        test_metrics = module.last_metrics["test"]
+        epochs_so_far += trainer.current_epoch
+        best = checkpoint.best_model_score
+        results["phases"].append(
+            {
+                "name": phase.name,
+                "trainable": phase.trainable,
+                "epochs": trainer.current_epoch,
+                "best_val_loss": float(best) if best is not None else None,
+                "stop_reason": stop_reason(trainer, early_stopping, phase),
+                "best_checkpoint": checkpoint.best_model_path or None,
+                "test": test_metrics,
+            }
+        )
+        if phase.test_as:
+            results["test"][phase.test_as] = test_metrics[phase.output]
+        if trainer.is_global_zero:
+            write_json_atomic(run_dir / "results.json", results)
+
+    results["status"] = "finished"
+    if trainer is None or trainer.is_global_zero:
+        write_json_atomic(run_dir / "results.json", results)
+        log.info("results written to %s", run_dir / "results.json")
+    return results

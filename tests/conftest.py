@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
@@ -38,6 +39,41 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return run_dir, train(cfg)
 
 
+@pytest.fixture(scope="session")
+def lizard_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The 22 real Lizard/CoNSeP pairs: (stem, RGB image, binary mask)."""
+    from PIL import Image
+
+    root = shared_dataset("lizard_consep_aug")
+    pairs = []
+    for image_path in sorted((root / "images").glob("*.jpg")):
+        image = np.asarray(Image.open(image_path).convert("RGB"))
+        mask = np.asarray(Image.open(root / "masks" / f"{image_path.stem}.png")) > 127
+        pairs.append((image_path.stem, image, mask))
+    assert len(pairs) == 22
+    return pairs
+
+
+@pytest.fixture(scope="session")
+def conic_root(tmp_path_factory, lizard_pairs) -> Path:
+    """CoNIC layout built from the real images: 4 patches of 256x256 per image (88)."""
+    from scipy import ndimage
+
+    root = tmp_path_factory.mktemp("conic")
+    images, labels, names = [], [], []
+    for stem, image, mask in lizard_pairs:
+        for k, (y, x) in enumerate([(0, 0), (0, 256), (256, 0), (256, 256)]):
+            inst, _ = ndimage.label(mask[y : y + 256, x : x + 256])
+            classes = np.where(inst > 0, 1 + inst % 6, 0)  # six nucleus classes, pooled later
+            images.append(image[y : y + 256, x : x + 256])
+            labels.append(np.stack([inst, classes], axis=-1))
+            names.append(f"{stem}-{k}")
+    np.save(root / "images.npy", np.stack(images).astype(np.uint8))
+    np.save(root / "labels.npy", np.stack(labels).astype(np.int32))
+    (root / "patch_info.csv").write_text("patch_info\n" + "\n".join(names) + "\n")
+    return root
+
+
 def shared_dataset(name: str) -> Path:
     """A folder of ../shared/data; skipped when absent, but a failure under CI=true."""
     path = SHARED_DATA / name
@@ -47,3 +83,8 @@ def shared_dataset(name: str) -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def tnbc_root() -> Path:
+    return shared_dataset("TNBC_NucleiSegmentation")

@@ -14,12 +14,12 @@ test:  ## run the test suite
 	$(PYTHON) -m pytest -q
 
 lint:  ## ruff check + format check
-	$(PYTHON) -m ruff check nucleiseg tests
-	$(PYTHON) -m ruff format --check nucleiseg tests
+	$(PYTHON) -m ruff check nucleiseg tests benchmarks
+	$(PYTHON) -m ruff format --check nucleiseg tests benchmarks
 
 format:  ## apply ruff fixes and formatting
-	$(PYTHON) -m ruff check --fix nucleiseg tests
-	$(PYTHON) -m ruff format nucleiseg tests
+	$(PYTHON) -m ruff check --fix nucleiseg tests benchmarks
+	$(PYTHON) -m ruff format nucleiseg tests benchmarks
 
 train:  ## the default run: synthetic data, U-Net, all three phases
 	$(PYTHON) -m nucleiseg.train

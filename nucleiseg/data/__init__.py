@@ -1,0 +1,1 @@
+"""Datasets: sources that produce splits, and the shared LightningDataModule."""

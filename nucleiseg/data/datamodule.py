@@ -1,0 +1,120 @@
+"""The LightningDataModule shared by every dataset: a source gives splits, this batches them.
+
+A *source* is any object with ``split(name) -> SplitSamples`` for ``train``, ``val`` and
+``test`` (see ``nucleiseg.data.synthetic.SyntheticNuclei``). Augmentation is an
+albumentations pipeline from the config, applied to the training split only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import albumentations as A
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from nucleiseg.data.samples import SplitSamples
+from nucleiseg.data.splits import write_split_file
+
+SPLITS = ("train", "val", "test")
+
+
+class NucleiSource(Protocol):
+    def split(self, name: str) -> SplitSamples: ...
+
+
+class NucleiDataset(Dataset):
+    """Yields ``{"image": float (3, H, W) in 0..1, "mask": float (1, H, W), "index": int}``."""
+
+    def __init__(self, samples: SplitSamples, transform: A.BasicTransform | None = None) -> None:
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = np.asarray(self.samples.images[index])
+        instances = np.asarray(self.samples.instances[index])
+        if self.transform is not None:
+            out = self.transform(image=image, mask=instances)
+            image, instances = out["image"], out["mask"]
+        image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
+        mask_t = torch.from_numpy(np.ascontiguousarray(instances > 0)).float().unsqueeze(0)
+        return {"image": image_t, "mask": mask_t, "index": index}
+
+
+class NucleiDataModule(L.LightningDataModule):
+    """Batches a source's train/val/test splits; augmentation on train only."""
+
+    def __init__(
+        self,
+        source: NucleiSource,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_transform: A.BasicTransform | None = None,
+        eval_transform: A.BasicTransform | None = None,
+        pin_memory: bool = False,
+        crop_size: int | None = None,
+        split_output: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        if crop_size:  # train on random crops; evaluate on whole images
+            crop = A.RandomCrop(crop_size, crop_size, pad_if_needed=True, border_mode=4)
+            train_transform = A.Compose([crop, train_transform] if train_transform else [crop])
+        self.train_transform = train_transform
+        self.split_output = split_output
+        self.eval_transform = eval_transform
+        self.pin_memory = pin_memory
+        self.samples: dict[str, SplitSamples] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        for name in SPLITS:
+            if name in self.samples:
+                continue
+            samples = self.source.split(name)
+            if len(samples) == 0:
+                raise ValueError(
+                    f"the {name} split of {type(self.source).__name__} is empty; "
+                    "check the dataset root and split settings"
+                )
+            self.samples[name] = samples
+        assignment = getattr(self.source, "assignment", None)
+        if self.split_output and assignment is not None and self.trainer_is_global_zero:
+            write_split_file(self.split_output, assignment())
+
+    @property
+    def trainer_is_global_zero(self) -> bool:
+        return self.trainer is None or self.trainer.is_global_zero
+
+    def dataset(self, split: str) -> NucleiDataset:
+        self.setup()
+        transform = self.train_transform if split == "train" else self.eval_transform
+        return NucleiDataset(self.samples[split], transform)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.dataset(split),
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,123 @@
+"""A source of image/mask file pairs: split assignment, validation and decoding cache.
+
+Shared by the TNBC and folder datasets. Every file is decoded and checked once, when its
+split is first asked for (so a bad file stops the run before any training); decoded arrays
+are kept in memory when ``cache`` is on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from nucleiseg.data.io import DatasetError, check_pair, read_array, to_instances, to_rgb
+from nucleiseg.data.samples import SplitSamples
+from nucleiseg.data.splits import (
+    SPLITS,
+    apply_split_file,
+    group_split,
+    random_split,
+    read_split_file,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pair:
+    name: str
+    image: Path
+    mask: Path
+    group: str
+
+
+class LazyPairs(Sequence):
+    """Decodes pair ``i`` on access (used when ``cache`` is off)."""
+
+    def __init__(self, pairs: list[Pair], part: str, load) -> None:
+        self.pairs, self.part, self.load = pairs, part, load
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        image, instances = self.load(self.pairs[index])
+        return image if self.part == "image" else instances
+
+
+class PairedFilesSource:
+    """Image/mask pairs split into train/val/test by item or by group, or from a split file."""
+
+    def __init__(
+        self,
+        pairs: list[Pair],
+        split_sizes: Sequence[int],
+        seed: int = 0,
+        split_by: str = "image",
+        split_file: str | None = None,
+        mask_kind: str = "auto",
+        cache: bool = True,
+        warn_color: bool = True,
+    ) -> None:
+        if split_by not in ("image", "group", "slide"):
+            raise DatasetError(f"unknown split_by '{split_by}'; use image or slide (group)")
+        if not pairs:
+            raise DatasetError("no image/mask pairs found")
+        self.pairs = pairs
+        self.split_sizes = list(split_sizes)
+        self.seed = seed
+        self.split_by = split_by
+        self.split_file = split_file
+        self.mask_kind = mask_kind
+        self.cache = cache
+        self.warn_color = warn_color
+        self._assignment: dict[str, str] | None = None
+
+    def assignment(self) -> dict[str, str]:
+        """Split of every item name (computed once, deterministic from the seed)."""
+        if self._assignment is None:
+            names = [p.name for p in self.pairs]
+            if self.split_file:
+                self._assignment = apply_split_file(
+                    names, read_split_file(self.split_file), self.split_file
+                )
+            elif self.split_by == "image":
+                self._assignment = random_split(names, self.split_sizes, self.seed)
+            else:
+                groups = [p.group for p in self.pairs]
+                self._assignment = group_split(names, groups, self.split_sizes, self.seed)
+        return self._assignment
+
+    def load_pair(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+        image = to_rgb(read_array(pair.image), pair.image, warn=self.warn_color)
+        instances = to_instances(read_array(pair.mask), pair.mask, self.mask_kind)
+        check_pair(image, instances, pair.image, pair.mask)
+        return image, instances
+
+    def split(self, name: str) -> SplitSamples:
+        if name not in SPLITS:
+            raise KeyError(f"unknown split '{name}'; expected one of {SPLITS}")
+        assignment = self.assignment()
+        pairs = [p for p in self.pairs if assignment[p.name] == name]
+        if not pairs:
+            raise DatasetError(
+                f"the {name} split is empty ({len(self.pairs)} items in all); "
+                "check split_sizes or the split file"
+            )
+        images, instances = [], []
+        progress = tqdm(pairs, desc=f"checking {name} split", disable=len(pairs) < 100)
+        for pair in progress:  # decode everything once: bad files fail before training
+            image, inst = self.load_pair(pair)
+            if self.cache:
+                images.append(image)
+                instances.append(inst)
+        if not self.cache:
+            images, instances = LazyPairs(pairs, "image", self.load_pair), LazyPairs(
+                pairs, "instances", self.load_pair
+            )
+        return SplitSamples(images=images, instances=instances, names=[p.name for p in pairs])

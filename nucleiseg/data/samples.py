@@ -1,0 +1,30 @@
+"""The in-memory (or memory-mapped) form every dataset source hands to the data module."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class SplitSamples:
+    """One split: RGB uint8 images (H, W, 3), int instance maps (H, W; 0 = background), names.
+
+    ``images`` and ``instances`` may be lists or memory-mapped arrays: only indexing is used.
+    """
+
+    images: Sequence[np.ndarray]
+    instances: Sequence[np.ndarray]
+    names: list[str]
+
+    def __post_init__(self) -> None:
+        if not len(self.images) == len(self.instances) == len(self.names):
+            raise ValueError(
+                f"split has {len(self.images)} images, {len(self.instances)} masks and "
+                f"{len(self.names)} names; they must pair one to one"
+            )
+
+    def __len__(self) -> int:
+        return len(self.names)

@@ -1,8 +1,12 @@
 # Everyday entry points for nucleiseg. `make help` lists them.
 PYTHON ?= python3
-SWEEP_DIR ?= multirun_outputs/$(shell date +%Y-%m-%d)/$(shell date +%H-%M-%S)
+# One timestamp per make call, so DDP ranks and the report all use the same sweep dir.
+SWEEP_DIR ?= multirun_outputs/$(shell date +%Y-%m-%d/%H-%M-%S)
+DATA ?= data
+SEEDS ?= 0,1,2
+LOGGER ?= csv
 
-.PHONY: help install test lint format train smoke sweep clean
+.PHONY: help install test lint format train smoke sweep paper report clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -27,8 +31,19 @@ train:  ## the default run: synthetic data, U-Net, all three phases
 smoke:  ## the same pipeline at toy size (under a minute on CPU)
 	$(PYTHON) -m nucleiseg.train experiment=smoke
 
-sweep:  ## the three backbones on the default dataset, one sweep dir
-	$(PYTHON) -m nucleiseg.train -m backbone=unet,micronet,unetpp hydra.sweep.dir=$(SWEEP_DIR)
+sweep:  ## the three backbones on the default dataset, one sweep dir, then the report
+	$(PYTHON) -m nucleiseg.train -m backbone=unet,micronet,unetpp size=small \
+		hydra.sweep.dir=$(SWEEP_DIR)
+	$(PYTHON) -m nucleiseg.report $(SWEEP_DIR)
+
+paper:  ## the paper's six runs x SEEDS on TNBC and Lizard (DATA=data), then the report
+	$(PYTHON) -m nucleiseg.train -m dataset=lizard,tnbc backbone=unet,micronet,unetpp \
+		seed=$(SEEDS) logger=$(LOGGER) paths.data_dir=$(DATA) hydra.sweep.dir=$(SWEEP_DIR)
+	$(PYTHON) -m nucleiseg.report $(SWEEP_DIR)
+
+report:  ## tables + figures for a sweep: make report SWEEP=multirun_outputs/<date>/<time>
+	@test -n "$(SWEEP)" || (echo "usage: make report SWEEP=multirun_outputs/<date>/<time>" && exit 2)
+	$(PYTHON) -m nucleiseg.report $(SWEEP)
 
 clean:  ## remove run outputs and caches (keeps multirun_outputs/.gitkeep)
 	rm -rf outputs lightning_logs .pytest_cache .ruff_cache

@@ -22,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from nucleiseg.callbacks.phase_controller import Phase, PhaseController, apply_phase
 from nucleiseg.lightning.base import SegmentationModule
+from nucleiseg.run_outputs import close_loggers, publish_run_outputs
+from nucleiseg.viz.snapshots import FigureSnapshots
 
 log = logging.getLogger(__name__)
 PHASE_CALLBACKS = ("model_checkpoint", "early_stopping")
@@ -130,6 +132,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.stage.init_from:
         load_weights(modules["two_stage"], cfg.stage.init_from)
     loggers = build_loggers(cfg)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    snapshots = FigureSnapshots(cfg.get("figures", {}).get("test_images", 0))
 
     results: dict[str, Any] = {
         "dataset": cfg.dataset.name,
@@ -147,6 +152,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         module = modules[phase.module]
         apply_phase(module, phase)  # in the main process too: ddp_spawn would lose callbacks'
         module.epoch_offset = epochs_so_far
+        module.phase_index = index
         log.info(
             "phase %d/%d '%s': training %s (max %d epochs, patience %d)",
             index + 1,
@@ -162,12 +168,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             load_weights(module, checkpoint.best_model_path)
         trainer.test(module, datamodule=datamodule, verbose=False)
         test_metrics = module.last_metrics["test"]
+        if phase.test_as in ("stage1", "two_stage"):
+            snapshots.record(module, datamodule, phase.test_as, phase.output)
         epochs_so_far += trainer.current_epoch
         best = checkpoint.best_model_score
         results["phases"].append(
             {
                 "name": phase.name,
                 "trainable": phase.trainable,
+                "output": phase.output,
                 "epochs": trainer.current_epoch,
                 "best_val_loss": float(best) if best is not None else None,
                 "stop_reason": stop_reason(trainer, early_stopping, phase),
@@ -183,5 +192,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     results["status"] = "finished"
     if trainer is None or trainer.is_global_zero:
         write_json_atomic(run_dir / "results.json", results)
+        publish_run_outputs(run_dir, results, snapshots, loggers)
         log.info("results written to %s", run_dir / "results.json")
+    close_loggers(loggers)
     return results

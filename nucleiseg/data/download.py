@@ -115,9 +115,10 @@ def fetch(url: str, target: Path, md5: str | None) -> Path:
             total = start + (total or 0) if total else None
         elif start:  # the server ignored the Range header (or a file:// URL): skip what we have
             _skip(response, start, part)
-        with part.open("ab" if start else "wb") as out, tqdm(
-            total=total, initial=start, unit="B", unit_scale=True, desc=target.name
-        ) as bar:
+        with (
+            part.open("ab" if start else "wb") as out,
+            tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=target.name) as bar,
+        ):
             for chunk in iter(lambda: response.read(CHUNK), b""):
                 out.write(chunk)
                 bar.update(len(chunk))

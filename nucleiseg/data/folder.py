@@ -41,7 +41,9 @@ def find_folder_pairs(
             )
     images, masks = _by_stem(images_path), _by_stem(masks_path)
     if not images:
-        raise DatasetError(f"folder dataset: no images ({', '.join(IMAGE_SUFFIXES)}) in '{images_path}'")
+        raise DatasetError(
+            f"folder dataset: no images ({', '.join(IMAGE_SUFFIXES)}) in '{images_path}'"
+        )
     unmatched = sorted(set(images) - set(masks))
     if unmatched:
         raise DatasetError(

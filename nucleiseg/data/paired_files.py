@@ -117,7 +117,8 @@ class PairedFilesSource:
                 images.append(image)
                 instances.append(inst)
         if not self.cache:
-            images, instances = LazyPairs(pairs, "image", self.load_pair), LazyPairs(
-                pairs, "instances", self.load_pair
+            images, instances = (
+                LazyPairs(pairs, "image", self.load_pair),
+                LazyPairs(pairs, "instances", self.load_pair),
             )
         return SplitSamples(images=images, instances=instances, names=[p.name for p in pairs])

@@ -36,6 +36,7 @@ class SegmentationModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.phase = "train"
         self.epoch_offset = 0  # epochs run in earlier phases: one axis across phases
+        self.phase_index = 0
         self.metrics = nn.ModuleDict(
             {
                 f"{split}_{output}": pixel_metrics(threshold)
@@ -101,7 +102,9 @@ class SegmentationModule(L.LightningModule):
             for name, value in summary.items():
                 self.log(f"{self.phase}/{split}/{output}/{name}", value, sync_dist=False)
         if split == "val":
+            # one x-axis across phases (each phase's trainer restarts its step), and the phase
             self.log("epoch_total", float(self.epoch_offset + self.current_epoch))
+            self.log("phase", float(self.phase_index))
         self.last_metrics[split] = results
 
     def on_validation_epoch_end(self) -> None:

@@ -1,0 +1,261 @@
+"""Tables and figures for a sweep: ``python -m nucleiseg.report multirun_outputs/<date>/<time>``.
+
+Reads every ``results.json`` below the sweep dir and writes ``report.md``, ``report.csv``
+and ``report.tex`` beside them: per dataset, rows ``<backbone>`` (stage 1 alone) and
+``<backbone> †`` (two-stage), precision / recall / Dice / IoU as mean ± std over seeds,
+the Dice change † brings, and the paper's published Dice. Runs that failed or did not
+finish are listed, not dropped. A figure per dataset stacks the backbones as rows
+(``figure_<dataset>.png``), as the paper's Figures 2 and 3 do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+METRICS = ("precision", "recall", "dice", "iou")
+BACKBONE_ORDER = ("unet", "micronet", "unetpp")
+BACKBONE_NAMES = {"unet": "U-Net", "micronet": "Micro-Net", "unetpp": "U-Net++"}
+# Published Dice (stage 1 alone, two-stage) from the paper's tables.
+PAPER_DICE = {
+    "lizard": {"unet": (0.786, 0.806), "micronet": (0.780, 0.790), "unetpp": (0.757, 0.769)},
+    "tnbc": {"unet": (0.827, 0.832), "micronet": (0.789, 0.804), "unetpp": (0.649, 0.721)},
+}
+
+
+@dataclass
+class Sweep:
+    finished: list[dict[str, Any]] = field(default_factory=list)
+    incomplete: list[tuple[Path, str]] = field(default_factory=list)  # (job dir, why)
+
+
+def find_runs(sweep_dir: Path) -> Sweep:
+    """Finished runs, and job dirs whose run failed or is unfinished."""
+    sweep = Sweep()
+    job_dirs = {p.parent for p in sweep_dir.rglob(".hydra")} | {
+        p.parent for p in sweep_dir.rglob("results.json")
+    }
+    for job in sorted(job_dirs):
+        path = job / "results.json"
+        if not path.is_file():
+            failure = job / "failure.json"
+            why = (
+                json.loads(failure.read_text()).get("error", "failed")
+                if failure.is_file()
+                else ("no results.json (failed or still running)")
+            )
+            sweep.incomplete.append((job, why))
+            continue
+        results = json.loads(path.read_text())
+        if results.get("status") != "finished":
+            sweep.incomplete.append((job, f"status '{results.get('status')}'"))
+            continue
+        results["run_dir"] = str(job)
+        sweep.finished.append(results)
+    return sweep
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else 0.0
+
+
+def build_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per dataset x backbone x {stage 1, two-stage}, aggregated over seeds."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in runs:
+        groups[(run["dataset"], run["backbone"])].append(run)
+
+    def order(key: tuple[str, str]) -> tuple:
+        dataset, backbone = key
+        rank = BACKBONE_ORDER.index(backbone) if backbone in BACKBONE_ORDER else 99
+        return dataset, rank, backbone
+
+    rows = []
+    for dataset, backbone in sorted(groups, key=order):
+        group = groups[(dataset, backbone)]
+        paper = PAPER_DICE.get(dataset, {}).get(backbone)
+        stage1_dice = {
+            r["seed"]: r["test"]["stage1"]["dice"] for r in group if "stage1" in r["test"]
+        }
+        for output, dagger, paper_dice in (
+            ("stage1", False, paper[0] if paper else None),
+            ("two_stage", True, paper[1] if paper else None),
+        ):
+            tested = [r for r in group if output in r["test"]]
+            if not tested:
+                continue
+            row: dict[str, Any] = {
+                "dataset": dataset,
+                "backbone": backbone,
+                "model": BACKBONE_NAMES.get(backbone, backbone) + (" †" if dagger else ""),
+                "seeds": len(tested),
+                "paper_dice": paper_dice,
+            }
+            for metric in METRICS:
+                row[metric] = mean_std([r["test"][output][metric] for r in tested])
+            if dagger:
+                paired = [
+                    r["test"]["two_stage"]["dice"] - stage1_dice[r["seed"]]
+                    for r in tested
+                    if r["seed"] in stage1_dice
+                ]
+                row["dice_change"] = mean_std(paired) if paired else None
+                if paper:
+                    row["paper_change"] = paper[1] - paper[0]
+            rows.append(row)
+    return rows
+
+
+def _fmt(value: tuple[float, float] | None, seeds: int, signed: bool = False) -> str:
+    if value is None:
+        return "–"
+    mean, std = value
+    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+    return f"{text} ± {std:.3f}" if seeds > 1 else text
+
+
+def markdown(rows: list[dict[str, Any]], sweep: Sweep) -> str:
+    lines = []
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        lines += [
+            f"### {dataset}",
+            "",
+            "| model | seeds | precision | recall | Dice | IoU | Δ Dice (†) | paper Dice "
+            "| paper Δ |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in (r for r in rows if r["dataset"] == dataset):
+            n = r["seeds"]
+            change = _fmt(r.get("dice_change"), n, signed=True) if "dice_change" in r else ""
+            paper_change = f"{r['paper_change']:+.3f}" if "paper_change" in r else ""
+            paper = f"{r['paper_dice']:.3f}" if r["paper_dice"] is not None else "–"
+            cells = [_fmt(r[m], n) for m in METRICS]
+            row = [r["model"], str(n), *cells, change, paper, paper_change]
+            lines.append("| " + " | ".join(row) + " |")
+        lines.append("")
+    if sweep.incomplete:
+        lines += ["### failed or unfinished runs", ""]
+        lines += [f"- `{job}`: {why}" for job, why in sweep.incomplete]
+        lines.append("")
+    lines.append(
+        "† = with the enhancement network (two-stage). Mean ± std over seeds; "
+        "pixel metrics micro-averaged over the test split."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        header = ["dataset", "backbone", "model", "seeds"]
+        for metric in METRICS:
+            header += [f"{metric}_mean", f"{metric}_std"]
+        header += ["dice_change_mean", "dice_change_std", "paper_dice"]
+        writer.writerow(header)
+        for r in rows:
+            line = [r["dataset"], r["backbone"], r["model"], r["seeds"]]
+            for metric in METRICS:
+                line += [f"{r[metric][0]:.6f}", f"{r[metric][1]:.6f}"]
+            change = r.get("dice_change")
+            line += [f"{change[0]:.6f}", f"{change[1]:.6f}"] if change else ["", ""]
+            line.append("" if r["paper_dice"] is None else r["paper_dice"])
+            writer.writerow(line)
+
+
+def latex(rows: list[dict[str, Any]]) -> str:
+    out = [
+        "\\begin{tabular}{llccccc}",
+        "\\toprule",
+        "Dataset & Model & Precision & Recall & Dice & IoU & Paper Dice \\\\",
+        "\\midrule",
+    ]
+    for r in rows:
+        model = r["model"].replace(" †", "$^\\dagger$")
+        cells = [_fmt(r[m], r["seeds"]).replace("±", "$\\pm$") for m in METRICS]
+        paper = f"{r['paper_dice']:.3f}" if r["paper_dice"] is not None else "--"
+        out.append(f"{r['dataset']} & {model} & {' & '.join(cells)} & {paper} \\\\")
+    out += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+def sweep_figures(runs: list[dict[str, Any]], out_dir: Path, image_index: int = 0) -> list[Path]:
+    """Per dataset: one row per backbone (first seed), the same test image in every row."""
+    from nucleiseg.viz.overlays import panels, plot_rows
+
+    written = []
+    by_dataset: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for run in sorted(runs, key=lambda r: r["seed"]):
+        by_dataset[run["dataset"]].setdefault(run["backbone"], run)
+    for dataset, by_backbone in sorted(by_dataset.items()):
+        rows = []
+        for backbone in sorted(
+            by_backbone, key=lambda b: BACKBONE_ORDER.index(b) if b in BACKBONE_ORDER else 99
+        ):
+            path = Path(by_backbone[backbone]["run_dir"]) / "figures" / "predictions.npz"
+            if not path.is_file():
+                continue
+            data = np.load(path)
+            if "two_stage" not in data or "stage1" not in data:
+                continue
+            i = min(image_index, len(data["images"]) - 1)
+            rows.append(
+                (
+                    BACKBONE_NAMES.get(backbone, backbone),
+                    panels(
+                        data["images"][i],
+                        data["masks"][i],
+                        data["stage1"][i] >= 0.5,
+                        data["two_stage"][i] >= 0.5,
+                    ),
+                )
+            )
+        if rows:
+            target = out_dir / f"figure_{dataset}.png"
+            plot_rows(rows, target)
+            written.append(target)
+    return written
+
+
+def report(sweep_dir: str | Path) -> str:
+    """Write the report files into ``sweep_dir``; return the markdown table."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep dir '{sweep_dir}' does not exist")
+    sweep = find_runs(sweep_dir)
+    if not sweep.finished and not sweep.incomplete:
+        raise FileNotFoundError(
+            f"no runs under '{sweep_dir}': expected job dirs with results.json "
+            "(python -m nucleiseg.train -m ...)"
+        )
+    rows = build_rows(sweep.finished)
+    text = markdown(rows, sweep)
+    (sweep_dir / "report.md").write_text(f"# nucleiseg report: {sweep_dir}\n\n{text}")
+    write_csv(rows, sweep_dir / "report.csv")
+    (sweep_dir / "report.tex").write_text(latex(rows))
+    sweep_figures(sweep.finished, sweep_dir)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Tables and figures for a sweep directory.")
+    parser.add_argument("sweep_dir", help="e.g. multirun_outputs/2026-11-24/10-00-00")
+    args = parser.parse_args(argv)
+    try:
+        print(report(args.sweep_dir))
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report.md, report.csv, report.tex written to {args.sweep_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

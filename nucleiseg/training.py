@@ -61,12 +61,18 @@ def build_modules(cfg: DictConfig) -> dict[str, SegmentationModule]:
     stage1 = instantiate(cfg.backbone.net)
     enhancer = instantiate(cfg.model.enhancer)
     optimizer = instantiate(cfg.model.optimizer)
-    return {
+    modules = {
         "stage1": instantiate(cfg.model.stage1_module, stage1=stage1, optimizer=optimizer),
         "two_stage": instantiate(
             cfg.model.two_stage_module, stage1=stage1, enhancer=enhancer, optimizer=optimizer
         ),
     }
+    model_config = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, ["backbone", "model", "postprocess"]), resolve=True
+    )
+    for module in modules.values():
+        module.model_config = model_config
+    return modules
 
 
 def build_phases(cfg: DictConfig) -> list[Phase]:

@@ -26,7 +26,8 @@ class NucleiSource(Protocol):
 
 
 class NucleiDataset(Dataset):
-    """Yields ``{"image": float (3, H, W) in 0..1, "mask": float (1, H, W), "index": int}``."""
+    """Yields ``image`` float (3, H, W) in 0..1, ``mask`` float (1, H, W), ``instances`` int32
+    (H, W) and ``index``."""
 
     def __init__(self, samples: SplitSamples, transform: A.BasicTransform | None = None) -> None:
         self.samples = samples
@@ -43,7 +44,8 @@ class NucleiDataset(Dataset):
             image, instances = out["image"], out["mask"]
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
         mask_t = torch.from_numpy(np.ascontiguousarray(instances > 0)).float().unsqueeze(0)
-        return {"image": image_t, "mask": mask_t, "index": index}
+        instances_t = torch.from_numpy(np.ascontiguousarray(instances, dtype=np.int32))
+        return {"image": image_t, "mask": mask_t, "instances": instances_t, "index": index}
 
 
 class NucleiDataModule(L.LightningDataModule):

@@ -10,10 +10,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nucleiseg.inference.instances import InstanceSettings, instances_from_probability
+from nucleiseg.metrics.objects import MissedNuclei, NucleusMetrics
 from nucleiseg.metrics.pixel import pixel_metrics, summarise
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -31,12 +34,21 @@ class SegmentationModule(L.LightningModule):
     #: names of the probability maps this module produces, e.g. ("stage1", "two_stage")
     outputs: tuple[str, ...] = ()
 
-    def __init__(self, optimizer: OptimizerFactory | None = None, threshold: float = 0.5) -> None:
+    def __init__(
+        self,
+        optimizer: OptimizerFactory | None = None,
+        threshold: float = 0.5,
+        postprocess: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
+        self.instance_settings = InstanceSettings(**(postprocess or {"threshold": threshold}))
         self.optimizer_factory = optimizer
         self.phase = "train"
         self.epoch_offset = 0  # epochs run in earlier phases: one axis across phases
         self.phase_index = 0
+        # the composed backbone/model/postprocess config, stored in every checkpoint so that
+        # predict/evaluate/export can rebuild the model from the checkpoint alone
+        self.model_config: dict[str, Any] | None = None
         self.metrics = nn.ModuleDict(
             {
                 f"{split}_{output}": pixel_metrics(threshold)
@@ -44,7 +56,10 @@ class SegmentationModule(L.LightningModule):
                 for output in self.outputs
             }
         )
-        self.last_metrics: dict[str, dict[str, dict[str, float]]] = {}
+        # nucleus-level metrics on the test split (watershed instances of each output)
+        self.object_metrics = nn.ModuleDict({o: NucleusMetrics() for o in self.outputs})
+        self.missed_nuclei = MissedNuclei() if len(self.outputs) > 1 else None
+        self.last_metrics: dict[str, dict[str, Any]] = {}
 
     # -- to implement ---------------------------------------------------------------------
     @property
@@ -81,7 +96,20 @@ class SegmentationModule(L.LightningModule):
         if split in EVAL_SPLITS:
             for output, value in logits.items():
                 self.metrics[f"{split}_{output}"].update(torch.sigmoid(value), target.int())
+        if split == "test" and "instances" in batch:
+            self._update_object_metrics(logits, batch["instances"])
         return loss
+
+    def _update_object_metrics(self, logits: dict[str, torch.Tensor], true: torch.Tensor) -> None:
+        predicted = {}
+        for output, value in logits.items():
+            probs = torch.sigmoid(value)[:, 0].float().cpu().numpy()
+            predicted[output] = np.stack(
+                [instances_from_probability(p, self.instance_settings) for p in probs]
+            )
+            self.object_metrics[output].update(predicted[output], true)
+        if self.missed_nuclei is not None:
+            self.missed_nuclei.update(predicted["stage1"], predicted["two_stage"], true)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")
@@ -98,9 +126,20 @@ class SegmentationModule(L.LightningModule):
             collection = self.metrics[f"{split}_{output}"]
             summary = summarise(collection.compute())
             collection.reset()
+            if split == "test":
+                objects = {k: float(v) for k, v in self.object_metrics[output].compute().items()}
+                self.object_metrics[output].reset()
+                for name, value in objects.items():
+                    self.log(f"{self.phase}/test/{output}/objects/{name}", value)
+                summary = {**summary, "objects": objects}
             results[output] = summary
             for name, value in summary.items():
-                self.log(f"{self.phase}/{split}/{output}/{name}", value, sync_dist=False)
+                if name != "objects":
+                    self.log(f"{self.phase}/{split}/{output}/{name}", value, sync_dist=False)
+        if split == "test" and self.missed_nuclei is not None:
+            missed = {k: int(v) for k, v in self.missed_nuclei.compute().items()}
+            self.missed_nuclei.reset()
+            results["two_stage"]["nuclei_vs_stage1"] = missed
         if split == "val":
             # one x-axis across phases (each phase's trainer restarts its step), and the phase
             self.log("epoch_total", float(self.epoch_offset + self.current_epoch))
@@ -112,6 +151,10 @@ class SegmentationModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_split_metrics("test")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.model_config is not None:
+            checkpoint["nucleiseg"] = {**self.model_config, "phase": self.phase}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """A fresh optimizer over the trainable weights; each phase's fit calls this anew."""

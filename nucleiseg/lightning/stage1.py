@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -31,8 +33,9 @@ class Stage1Module(SegmentationModule):
         optimizer: OptimizerFactory | None = None,
         aux_weight: float = 0.0,
         threshold: float = 0.5,
+        postprocess: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, threshold=threshold)
+        super().__init__(optimizer=optimizer, threshold=threshold, postprocess=postprocess)
         self.save_hyperparameters(ignore=["stage1", "optimizer"])
         self.stage1 = stage1
         self.aux_weight = aux_weight

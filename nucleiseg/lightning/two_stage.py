@@ -7,6 +7,8 @@ final BCE flowing through the stage-1 probability into stage 1.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -28,8 +30,9 @@ class TwoStageModule(SegmentationModule):
         aux_weight: float = 0.0,
         enhancer_sees_image: bool = True,
         threshold: float = 0.5,
+        postprocess: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, threshold=threshold)
+        super().__init__(optimizer=optimizer, threshold=threshold, postprocess=postprocess)
         self.save_hyperparameters(ignore=["stage1", "enhancer", "optimizer"])
         self.stage1 = stage1
         self.enhancer = enhancer

@@ -1,0 +1,1 @@
+"""Using a trained model: tiled sliding-window inference, TTA, instance post-processing."""

@@ -161,3 +161,21 @@ def test_checkpoint_rebuilds_the_trained_two_stage_model(smoke_run):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert module(x)["two_stage"].shape == module1(x)["stage1"].shape == (1, 1, 64, 64)
+
+
+def test_evaluate_scores_a_checkpoint_like_training_does(smoke_run, tmp_path):
+    from nucleiseg.evaluate import evaluate
+
+    from conftest import compose_config
+
+    run_dir, results = smoke_run
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    with_ckpt = ["experiment=smoke", f"+ckpt={ckpt}", "+whole_dataset=false"]
+    scored = evaluate(compose_config(with_ckpt, tmp_path))
+    assert scored["output"] == "two_stage" and scored["images"] == 4
+    assert scored["test"]["two_stage"]["dice"] == pytest.approx(
+        results["test"]["two_stage"]["dice"], abs=1e-6
+    )
+    assert "objects" in scored["test"]["two_stage"]
+    whole = evaluate(compose_config([*with_ckpt[:2], "+whole_dataset=true"], tmp_path / "all"))
+    assert whole["images"] == 16 and whole["split"] == "all"

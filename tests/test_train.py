@@ -32,6 +32,12 @@ def test_smoke_run_writes_results_for_all_three_phases(smoke_run):
     for metrics in results["test"].values():
         assert all(0.0 <= metrics[m] <= 1.0 for m in PIXEL)
         assert "dice_per_image_mean" in metrics and "dice_per_image_std" in metrics
+        objects = metrics["objects"]
+        assert {"det_f1", "aji", "pq", "dq", "sq", "count_error"} <= set(objects)
+        assert all(0.0 <= objects[k] <= 1.0 for k in ("det_f1", "aji", "pq"))
+    comparison = results["test"]["two_stage"]["nuclei_vs_stage1"]
+    assert comparison["true_nuclei"] > 0
+    assert 0 <= comparison["found_by_two_stage_only"] <= comparison["true_nuclei"]
 
 
 def test_smoke_run_logs_phase_keyed_metrics_to_csv(smoke_run):

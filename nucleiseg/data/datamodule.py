@@ -19,6 +19,7 @@ from nucleiseg.data.samples import SplitSamples
 from nucleiseg.data.splits import write_split_file
 
 SPLITS = ("train", "val", "test")
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
 
 class NucleiSource(Protocol):
@@ -78,7 +79,7 @@ class NucleiDataModule(L.LightningDataModule):
         self.samples: dict[str, SplitSamples] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        for name in SPLITS:
+        for name in STAGE_SPLITS.get(stage, SPLITS):
             if name in self.samples:
                 continue
             samples = self.source.split(name)
@@ -97,7 +98,8 @@ class NucleiDataModule(L.LightningDataModule):
         return self.trainer is None or self.trainer.is_global_zero
 
     def dataset(self, split: str) -> NucleiDataset:
-        self.setup()
+        if split not in self.samples:
+            self.setup()
         transform = self.train_transform if split == "train" else self.eval_transform
         return NucleiDataset(self.samples[split], transform)
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from nucleiseg.callbacks.checkpoint_io import AtomicCheckpointIO
 from nucleiseg.callbacks.phase_controller import Phase, PhaseController, apply_phase
 from nucleiseg.lightning.base import SegmentationModule
 from nucleiseg.run_outputs import close_loggers, publish_run_outputs
@@ -102,7 +106,9 @@ def phase_trainer(
     extra = [instantiate(c) for k, c in cfg.callbacks.items() if k not in PHASE_CALLBACKS and c]
     trainer = instantiate(
         cfg.trainer,
-        callbacks=[PhaseController(phase, index), checkpoint, early_stopping, *extra],
+        callbacks=[PhaseController(phase, index, checkpoint.dirpath), checkpoint, early_stopping]
+        + extra,
+        plugins=[AtomicCheckpointIO()],
         logger=loggers or False,
         max_epochs=phase.max_epochs,
         min_epochs=phase.min_epochs,
@@ -119,15 +125,86 @@ def stop_reason(trainer: L.Trainer, early_stopping: EarlyStopping, phase: Phase)
     return "max_epochs" if trainer.current_epoch >= phase.max_epochs else "stopped"
 
 
+class RunExistsError(RuntimeError):
+    """The run dir already holds a run that must not be overwritten."""
+
+
+RUN_OUTPUTS = ("results.json", "config.yaml", "split.csv", "checkpoints", "csv", "figures", "wandb")
+
+
+def previous_run(run_dir: Path, cfg: DictConfig, phases: list[Phase]) -> dict[str, Any] | None:
+    """The unfinished run to resume in ``run_dir``, or None to start afresh.
+
+    A finished run is never touched without ``overwrite=true``; an unfinished one is
+    continued (``resume=auto``) from its last checkpoint, in the phase it was in.
+    """
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    if cfg.get("overwrite", False):
+        log.warning("overwrite=true: removing the earlier run in %s", run_dir)
+        for name in RUN_OUTPUTS:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+        return None
+    previous = json.loads(path.read_text())
+    if previous.get("status") == "finished":
+        raise RunExistsError(
+            f"'{run_dir}' holds a finished run; choose another run dir, or pass "
+            "overwrite=true to replace it"
+        )
+    if cfg.get("resume", "auto") != "auto":
+        raise RunExistsError(
+            f"'{run_dir}' holds an unfinished run; resume=auto continues it, overwrite=true "
+            "starts it again"
+        )
+    done = [p["name"] for p in previous.get("phases", [])]
+    if done != [p.name for p in phases[: len(done)]]:
+        raise RunExistsError(
+            f"'{run_dir}' was trained with phases {done}, which do not start the phases "
+            f"{[p.name for p in phases]} of this config; use another run dir"
+        )
+    log.info("resuming the run in %s after %d finished phase(s)", run_dir, len(done))
+    return previous
+
+
+def forward_sigusr1_as_sigterm() -> None:
+    """Outside SLURM (whose requeue Lightning handles), treat SIGUSR1 like SIGTERM."""
+    if os.environ.get("SLURM_JOB_ID") or threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+
+
+def phase_record(
+    phase: Phase, trainer: L.Trainer, checkpoint: ModelCheckpoint, stop: str, test: dict
+) -> dict[str, Any]:
+    best = checkpoint.best_model_score
+    return {
+        "name": phase.name,
+        "trainable": phase.trainable,
+        "output": phase.output,
+        "epochs": trainer.current_epoch,
+        "best_val_loss": float(best) if best is not None else None,
+        "stop_reason": stop,
+        "best_checkpoint": checkpoint.best_model_path or None,
+        "test": test,
+    }
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run every phase of ``cfg.stage`` and return (and write) the run's results."""
     run_dir = Path(cfg.paths.output_dir)
+    phases = build_phases(cfg)
+    previous = previous_run(run_dir, cfg, phases)  # before anything is written
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     config_path = run_dir / "config.yaml"
     OmegaConf.save(cfg, config_path, resolve=True)
+    forward_sigusr1_as_sigterm()
 
-    phases = build_phases(cfg)
     datamodule = instantiate(cfg.dataset.datamodule)
     modules = build_modules(cfg)
     if OmegaConf.is_missing(cfg.stage, "init_from"):
@@ -152,51 +229,61 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "phases": [],
         "test": {},
     }
+    is_writer = True  # rank 0 (or the only process) writes files
+    write_json_atomic(run_dir / "results.json", results)
     epochs_so_far = 0
-    trainer = None
-    for index, phase in enumerate(phases):
-        module = modules[phase.module]
-        apply_phase(module, phase)  # in the main process too: ddp_spawn would lose callbacks'
-        module.epoch_offset = epochs_so_far
-        module.phase_index = index
-        log.info(
-            "phase %d/%d '%s': training %s (max %d epochs, patience %d)",
-            index + 1,
-            len(phases),
-            phase.name,
-            "+".join(phase.trainable),
-            phase.max_epochs,
-            phase.patience,
-        )
-        trainer, checkpoint, early_stopping = phase_trainer(cfg, phase, index, run_dir, loggers)
-        trainer.fit(module, datamodule=datamodule)
-        if checkpoint.best_model_path:
-            load_weights(module, checkpoint.best_model_path)
-        trainer.test(module, datamodule=datamodule, verbose=False)
-        test_metrics = module.last_metrics["test"]
-        if phase.test_as in ("stage1", "two_stage"):
-            snapshots.record(module, datamodule, phase.test_as, phase.output)
-        epochs_so_far += trainer.current_epoch
-        best = checkpoint.best_model_score
-        results["phases"].append(
-            {
-                "name": phase.name,
-                "trainable": phase.trainable,
-                "output": phase.output,
-                "epochs": trainer.current_epoch,
-                "best_val_loss": float(best) if best is not None else None,
-                "stop_reason": stop_reason(trainer, early_stopping, phase),
-                "best_checkpoint": checkpoint.best_model_path or None,
-                "test": test_metrics,
-            }
-        )
-        if phase.test_as:
-            results["test"][phase.test_as] = test_metrics[phase.output]
-        if trainer.is_global_zero:
+    try:
+        for index, phase in enumerate(phases):
+            module = modules[phase.module]
+            apply_phase(module, phase)  # in the main process too: ddp_spawn loses callbacks'
+            module.epoch_offset, module.phase_index = epochs_so_far, index
+            if previous is not None and index < len(previous["phases"]):
+                record = previous["phases"][index]  # finished before: reuse, don't retrain
+                if record["best_checkpoint"]:
+                    load_weights(module, record["best_checkpoint"])
+                if phase.test_as in ("stage1", "two_stage"):
+                    snapshots.record(module, datamodule, phase.test_as, phase.output)
+                results["phases"].append(record)
+                if phase.test_as:
+                    results["test"][phase.test_as] = record["test"][phase.output]
+                epochs_so_far += record["epochs"]
+                continue
+            log.info(
+                "phase %d/%d '%s': training %s (max %d epochs, patience %d)",
+                index + 1, len(phases), phase.name, "+".join(phase.trainable),
+                phase.max_epochs, phase.patience,
+            )  # fmt: skip
+            trainer, checkpoint, early_stopping = phase_trainer(cfg, phase, index, run_dir, loggers)
+            is_writer = trainer.is_global_zero
+            last = run_dir / "checkpoints" / phase.name / "last.ckpt"
+            resume_from = str(last) if previous is not None and last.is_file() else None
+            if resume_from:
+                log.info("phase '%s' continues from %s", phase.name, resume_from)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+            stop = stop_reason(trainer, early_stopping, phase)
+            if checkpoint.best_model_path:
+                load_weights(module, checkpoint.best_model_path)
+            trainer.test(module, datamodule=datamodule, verbose=False)
+            test_metrics = module.last_metrics["test"]
+            if phase.test_as in ("stage1", "two_stage"):
+                snapshots.record(module, datamodule, phase.test_as, phase.output)
+            epochs_so_far += trainer.current_epoch
+            results["phases"].append(phase_record(phase, trainer, checkpoint, stop, test_metrics))
+            if phase.test_as:
+                results["test"][phase.test_as] = test_metrics[phase.output]
+            if is_writer:
+                write_json_atomic(run_dir / "results.json", results)
+    except BaseException as err:
+        interrupted = isinstance(err, KeyboardInterrupt | SystemExit)
+        results["status"] = "interrupted" if interrupted else "failed"
+        results["error"] = f"{type(err).__name__}: {err}"
+        if is_writer:
             write_json_atomic(run_dir / "results.json", results)
+        close_loggers(loggers)
+        raise
 
     results["status"] = "finished"
-    if trainer is None or trainer.is_global_zero:
+    if is_writer:
         write_json_atomic(run_dir / "results.json", results)
         publish_run_outputs(run_dir, results, snapshots, loggers)
         log.info("results written to %s", run_dir / "results.json")

@@ -11,11 +11,16 @@ through training and validation, and records the phase in every checkpoint.
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 PARTS = ("stage1", "enhancer")
 MODULES = ("stage1", "two_stage")
@@ -69,15 +74,33 @@ def apply_phase(module: Any, phase: Phase) -> None:
     module.phase = phase.name
 
 
+def _random_transforms(transform: Any) -> list[Any]:
+    """An albumentations pipeline and every transform in it that owns random generators
+    (each transform keeps its own, so all of them are saved and restored)."""
+    found = [transform] if hasattr(transform, "py_random") else []
+    for child in getattr(transform, "transforms", None) or []:
+        found += _random_transforms(child)
+    return found
+
+
+def _numpy_state() -> list[Any]:
+    """NumPy's global RNG state in types a ``weights_only`` checkpoint load accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+
+
 class PhaseController(Callback):
     """Applies one phase's freezing in every process and records it in checkpoints."""
 
-    def __init__(self, phase: Phase, index: int = 0) -> None:
+    def __init__(self, phase: Phase, index: int = 0, checkpoint_dir: str | None = None) -> None:
         self.phase = phase
         self.index = index
+        self.checkpoint_dir = checkpoint_dir
+        self._trainer: L.Trainer | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         apply_phase(pl_module, self.phase)
+        self._trainer = trainer
 
     def _keep_frozen_in_eval(self, pl_module: L.LightningModule) -> None:
         for name, part in pl_module.parts.items():
@@ -90,8 +113,38 @@ class PhaseController(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._keep_frozen_in_eval(pl_module)
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """On preemption (SIGTERM, or SIGUSR1 forwarded to it) save a resumable checkpoint.
+
+        Other errors (a non-finite loss, say) keep the last good checkpoint untouched.
+        """
+        if isinstance(exception, SIGTERMException | KeyboardInterrupt) and self.checkpoint_dir:
+            trainer.save_checkpoint(str(Path(self.checkpoint_dir) / "last.ckpt"))
+
+    def _augmentation(self) -> Any:
+        datamodule = getattr(self._trainer, "datamodule", None)
+        return getattr(datamodule, "train_transform", None)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"phase": asdict(self.phase), "index": self.index}
+        """The phase, plus every random state a resumed run needs to continue identically."""
+        state: dict[str, Any] = {
+            "phase": asdict(self.phase),
+            "index": self.index,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": _numpy_state(),
+                "python": random.getstate(),
+            },
+        }
+        augmentation = self._augmentation()
+        if augmentation is not None:
+            state["rng"]["augmentation"] = [
+                (t.random_generator.bit_generator.state, t.py_random.getstate())
+                for t in _random_transforms(augmentation)
+            ]
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("phase", {}).get("name")
@@ -100,3 +153,17 @@ class PhaseController(Callback):
                 f"checkpoint was written in phase '{saved}' but is being resumed in phase "
                 f"'{self.phase.name}'; resume it with the phase it was written in"
             )
+        rng = state_dict.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            name, keys, pos, has_gauss, cached = rng["numpy"]
+            np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+            random.setstate(rng["python"])
+            augmentation = self._augmentation()
+            if "augmentation" in rng and augmentation is not None:
+                transforms = _random_transforms(augmentation)
+                for t, (numpy_state, python_state) in zip(
+                    transforms, rng["augmentation"], strict=True
+                ):
+                    t.random_generator.bit_generator.state = numpy_state
+                    t.py_random.setstate(python_state)

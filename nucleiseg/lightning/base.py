@@ -23,6 +23,10 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 EVAL_SPLITS = ("val", "test")
 
 
+class NonFiniteError(FloatingPointError):
+    """A loss or metric became NaN/inf; the message names the phase and step."""
+
+
 def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Pixel-wise binary cross-entropy in the numerically stable logits form."""
     return F.binary_cross_entropy_with_logits(logits, target)
@@ -112,7 +116,14 @@ class SegmentationModule(L.LightningModule):
             self.missed_nuclei.update(predicted["stage1"], predicted["two_stage"], true)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        loss = self._shared_step(batch, "train")
+        if not torch.isfinite(loss):
+            raise NonFiniteError(
+                f"non-finite training loss ({loss.item()}) in phase '{self.phase}' at step "
+                f"{self.global_step} (epoch {self.current_epoch}, batch {batch_idx}); the last "
+                "good checkpoint is kept. Lower model.optimizer.lr or check the data."
+            )
+        return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._shared_step(batch, "val")
@@ -141,6 +152,12 @@ class SegmentationModule(L.LightningModule):
             self.missed_nuclei.reset()
             results["two_stage"]["nuclei_vs_stage1"] = missed
         if split == "val":
+            val_loss = self.trainer.callback_metrics.get(f"{self.phase}/val/loss")
+            if val_loss is not None and not torch.isfinite(val_loss):
+                raise NonFiniteError(
+                    f"non-finite validation loss in phase '{self.phase}' at epoch "
+                    f"{self.current_epoch}; the last good checkpoint is kept"
+                )
             # one x-axis across phases (each phase's trainer restarts its step), and the phase
             self.log("epoch_total", float(self.epoch_offset + self.current_epoch))
             self.log("phase", float(self.phase_index))

@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from nucleiseg.callbacks.checkpoint_io import AtomicCheckpointIO
@@ -76,6 +77,12 @@ def build_modules(cfg: DictConfig) -> dict[str, SegmentationModule]:
     )
     for module in modules.values():
         module.model_config = model_config
+    if cfg.get("channels_last"):
+        for module in modules.values():
+            module.to(memory_format=torch.channels_last)
+    if cfg.get("compile"):
+        stage1.compile()  # in place: the state-dict keys, so checkpoints, stay the same
+        enhancer.compile()
     return modules
 
 
@@ -132,7 +139,12 @@ class RunExistsError(RuntimeError):
 RUN_OUTPUTS = ("results.json", "config.yaml", "split.csv", "checkpoints", "csv", "figures", "wandb")
 
 
-def previous_run(run_dir: Path, cfg: DictConfig, phases: list[Phase]) -> dict[str, Any] | None:
+PREVIOUS_RUN_ENV = "NUCLEISEG_PREVIOUS_RUN"
+
+
+def previous_run(
+    run_dir: Path, cfg: DictConfig, phases: list[Phase], may_delete: bool = True
+) -> dict[str, Any] | None:
     """The unfinished run to resume in ``run_dir``, or None to start afresh.
 
     A finished run is never touched without ``overwrite=true``; an unfinished one is
@@ -142,6 +154,8 @@ def previous_run(run_dir: Path, cfg: DictConfig, phases: list[Phase]) -> dict[st
     if not path.is_file():
         return None
     if cfg.get("overwrite", False):
+        if not may_delete:
+            return None
         log.warning("overwrite=true: removing the earlier run in %s", run_dir)
         for name in RUN_OUTPUTS:
             target = run_dir / name
@@ -198,11 +212,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run every phase of ``cfg.stage`` and return (and write) the run's results."""
     run_dir = Path(cfg.paths.output_dir)
     phases = build_phases(cfg)
-    previous = previous_run(run_dir, cfg, phases)  # before anything is written
+    rank0 = rank_zero_only.rank == 0  # DDP ranks > 0 rerun this function: they only follow
+    if rank0 or PREVIOUS_RUN_ENV not in os.environ:
+        previous = previous_run(run_dir, cfg, phases, may_delete=rank0)  # before any write
+        os.environ[PREVIOUS_RUN_ENV] = json.dumps(previous)  # inherited by DDP ranks
+    else:
+        previous = json.loads(os.environ[PREVIOUS_RUN_ENV])
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     config_path = run_dir / "config.yaml"
-    OmegaConf.save(cfg, config_path, resolve=True)
+    if rank0:
+        OmegaConf.save(cfg, config_path, resolve=True)
     forward_sigusr1_as_sigterm()
 
     datamodule = instantiate(cfg.dataset.datamodule)
@@ -229,8 +249,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "phases": [],
         "test": {},
     }
-    is_writer = True  # rank 0 (or the only process) writes files
-    write_json_atomic(run_dir / "results.json", results)
+    is_writer = rank0  # rank 0 (or the only process) writes files
+    if is_writer and previous is None:
+        write_json_atomic(run_dir / "results.json", results)
     epochs_so_far = 0
     try:
         for index, phase in enumerate(phases):

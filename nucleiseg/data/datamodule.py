@@ -13,6 +13,7 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from nucleiseg.data.samples import SplitSamples
@@ -63,6 +64,7 @@ class NucleiDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         crop_size: int | None = None,
         split_output: str | None = None,
+        shuffle_seed: int = 0,
     ) -> None:
         super().__init__()
         self.source = source
@@ -74,6 +76,7 @@ class NucleiDataModule(L.LightningDataModule):
             train_transform = A.Compose([crop, train_transform] if train_transform else [crop])
         self.train_transform = train_transform
         self.split_output = split_output
+        self.shuffle_seed = shuffle_seed
         self.eval_transform = eval_transform
         self.pin_memory = pin_memory
         self.samples: dict[str, SplitSamples] = {}
@@ -104,10 +107,20 @@ class NucleiDataModule(L.LightningDataModule):
         return NucleiDataset(self.samples[split], transform)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        sampler = None
+        if (
+            split != "train"
+            and torch.distributed.is_available()
+            and torch.distributed.is_initialized()
+        ):
+            # a DistributedSampler would pad val/test with repeated images: metrics inexact
+            sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,

@@ -141,12 +141,13 @@ class SegmentationModule(L.LightningModule):
                 objects = {k: float(v) for k, v in self.object_metrics[output].compute().items()}
                 self.object_metrics[output].reset()
                 for name, value in objects.items():
-                    self.log(f"{self.phase}/test/{output}/objects/{name}", value)
+                    self.log(f"{self.phase}/test/{output}/objects/{name}", value, sync_dist=True)
                 summary = {**summary, "objects": objects}
             results[output] = summary
             for name, value in summary.items():
                 if name != "objects":
-                    self.log(f"{self.phase}/{split}/{output}/{name}", value, sync_dist=False)
+                    # already synced by torchmetrics: every rank holds the same value
+                    self.log(f"{self.phase}/{split}/{output}/{name}", value, sync_dist=True)
         if split == "test" and self.missed_nuclei is not None:
             missed = {k: int(v) for k, v in self.missed_nuclei.compute().items()}
             self.missed_nuclei.reset()
@@ -159,8 +160,8 @@ class SegmentationModule(L.LightningModule):
                     f"{self.current_epoch}; the last good checkpoint is kept"
                 )
             # one x-axis across phases (each phase's trainer restarts its step), and the phase
-            self.log("epoch_total", float(self.epoch_offset + self.current_epoch))
-            self.log("phase", float(self.phase_index))
+            self.log("epoch_total", float(self.epoch_offset + self.current_epoch), sync_dist=True)
+            self.log("phase", float(self.phase_index), sync_dist=True)
         self.last_metrics[split] = results
 
     def on_validation_epoch_end(self) -> None:

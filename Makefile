@@ -6,7 +6,7 @@ DATA ?= data
 SEEDS ?= 0,1,2
 LOGGER ?= csv
 
-.PHONY: help install test lint format train smoke sweep paper report clean
+.PHONY: help install test lint format train smoke sweep paper report bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ paper:  ## the paper's six runs x SEEDS on TNBC and Lizard (DATA=data), then the
 report:  ## tables + figures for a sweep: make report SWEEP=multirun_outputs/<date>/<time>
 	@test -n "$(SWEEP)" || (echo "usage: make report SWEEP=multirun_outputs/<date>/<time>" && exit 2)
 	$(PYTHON) -m nucleiseg.report $(SWEEP)
+
+bench:  ## benchmarks: framework vs plain loop, phases, loader, tiled inference, start-up
+	$(PYTHON) -m benchmarks.run
 
 clean:  ## remove run outputs and caches (keeps multirun_outputs/.gitkeep)
 	rm -rf outputs lightning_logs .pytest_cache .ruff_cache

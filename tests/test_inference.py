@@ -179,3 +179,31 @@ def test_evaluate_scores_a_checkpoint_like_training_does(smoke_run, tmp_path):
     assert "objects" in scored["test"]["two_stage"]
     whole = evaluate(compose_config([*with_ckpt[:2], "+whole_dataset=true"], tmp_path / "all"))
     assert whole["images"] == 16 and whole["split"] == "all"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_runs_outside_pytorch_and_matches_it(smoke_run, tmp_path, fmt):
+    from nucleiseg.inference.export import export, exported_model, run_exported
+
+    run_dir, _ = smoke_run
+    module, _ = load_model(run_dir / "checkpoints" / "finetune" / "best.ckpt")
+    model = exported_model(module)
+    path = export(model, tmp_path / f"model.{fmt}", fmt)
+    for shape in [(1, 3, 64, 64), (3, 3, 150, 97)]:  # dynamic batch, height, width
+        image = torch.rand(*shape)
+        with torch.no_grad():
+            expected = model(image).numpy()
+        got = run_exported(path, fmt, image.numpy())
+        assert got.shape == (shape[0], 1, *shape[2:])
+        assert np.abs(got - expected).max() < 1e-4
+
+
+def test_micronet_export_needs_a_fixed_size(tmp_path):
+    from nucleiseg.inference.export import ExportedModel, export
+    from nucleiseg.models import EnhancementNet, MicroNet
+
+    model = ExportedModel(MicroNet(base_channels=2), EnhancementNet()).eval()
+    with pytest.raises(ValueError, match="size=\\[H,W\\]"):
+        export(model, tmp_path / "m.onnx", "onnx")
+    path = export(model, tmp_path / "m.pt", "torchscript", size=(256, 256))
+    assert path.is_file()

@@ -1,0 +1,95 @@
+"""Training throughput: nucleiseg (Lightning) vs a plain PyTorch loop, and phase costs."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
+
+from nucleiseg.callbacks.phase_controller import apply_phase
+from nucleiseg.training import build_modules, build_phases, phase_trainer
+
+
+class EpochTimer(Callback):
+    """Wall time of the training batches of each epoch (its validation excluded)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.images = 0
+        self._start, self._done = 0.0, True
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._start, self._done, self.images = time.perf_counter(), False, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.images += len(batch["image"])
+
+    def _stop(self) -> None:
+        if not self._done:
+            self.seconds.append(time.perf_counter() - self._start)
+            self._done = True
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._stop()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._stop()
+
+
+def plain_epoch(module, loader, optimizer) -> tuple[float, int]:
+    """The same steps without Lightning: forward, BCE, backward, Adam."""
+    module.train()
+    images, start = 0, time.perf_counter()
+    for batch in loader:
+        optimizer.zero_grad(set_to_none=True)
+        logits, extra = module.compute_outputs(batch["image"], batch["mask"])
+        loss = module.loss(logits, batch["mask"]) + extra
+        loss.backward()
+        optimizer.step()
+        images += len(batch["image"])
+    return time.perf_counter() - start, images
+
+
+def lightning_epoch(cfg, module, datamodule, phase, index) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as run_dir:
+        timer = EpochTimer()
+        loggers = [instantiate(c, save_dir=run_dir) for c in cfg.logger.values()]
+        trainer, _, _ = phase_trainer(cfg, phase, index, Path(run_dir), loggers)
+        trainer.callbacks.append(timer)
+        trainer.fit_loop.max_epochs = 1
+        trainer.fit(module, datamodule=datamodule)
+        return timer.seconds[0], timer.images
+
+
+def compare_phase(cfg, phase_index: int, repeats: int) -> dict[str, Any]:
+    """Alternate framework and plain epochs of one phase; medians of images/s."""
+    phases = build_phases(cfg)
+    phase = phases[phase_index]
+    datamodule = instantiate(cfg.dataset.datamodule, split_output=None)
+    datamodule.setup("fit")
+    modules = build_modules(cfg)
+    framework_module = modules[phase.module]
+    plain_module = copy.deepcopy(framework_module)
+    apply_phase(plain_module, phase)
+    optimizer = plain_module.configure_optimizers()
+    loader = datamodule.train_dataloader()
+    framework, plain = [], []
+    for _ in range(repeats):
+        seconds, images = lightning_epoch(cfg, framework_module, datamodule, phase, phase_index)
+        framework.append(images / seconds)
+        seconds, images = plain_epoch(plain_module, loader, optimizer)
+        plain.append(images / seconds)
+    return {
+        "phase": phase.name,
+        "framework_images_per_s": statistics.median(framework),
+        "plain_images_per_s": statistics.median(plain),
+        "ratio": statistics.median(framework) / statistics.median(plain),
+        "torch_threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,107 @@
+"""Export the full trained model (stage 1 + enhancer) to TorchScript or ONNX.
+
+The exported graph maps an RGB batch (N, 3, H, W) in 0..1 to the final nucleus probability
+(N, 1, H, W), with dynamic batch, height and width for U-Net and U-Net++ (their padding to
+a multiple of 32 is traced as shape arithmetic; tracing happens on a size that needs
+padding, and every export is checked against PyTorch on a second size). Micro-Net's tiling
+depends on the input size in Python, so it exports for one fixed ``size``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from nucleiseg.models.micronet import MicroNet
+
+TRACE_SIZE = (97, 83)  # not a multiple of 32 in either side: the padding path is traced
+CHECK_SIZE = (131, 200)
+TOLERANCE = 1e-4
+
+
+class ExportedModel(nn.Module):
+    """Plain nn.Module of the two-stage (or stage-1-only) model returning probabilities."""
+
+    def __init__(self, stage1: nn.Module, enhancer: nn.Module | None, sees_image: bool = True):
+        super().__init__()
+        self.stage1 = stage1
+        self.enhancer = enhancer
+        self.sees_image = sees_image
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        prob = torch.sigmoid(self.stage1(image))
+        if self.enhancer is None:
+            return prob
+        features = torch.cat([image, prob], dim=1) if self.sees_image else prob
+        return torch.sigmoid(self.enhancer(features))
+
+
+def exported_model(module) -> ExportedModel:
+    enhancer = getattr(module, "enhancer", None)
+    sees_image = getattr(module, "enhancer_sees_image", True)
+    return ExportedModel(module.stage1, enhancer, sees_image).eval()
+
+
+def export(
+    model: ExportedModel, path: str | Path, fmt: str, size: tuple[int, int] | None = None
+) -> Path:
+    """Write ``model`` as ``fmt`` (``onnx`` or ``torchscript``) and check it against PyTorch."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fixed = isinstance(model.stage1, MicroNet)
+    if fixed and size is None:
+        raise ValueError(
+            "Micro-Net tiles its input in Python and cannot export with a dynamic size; "
+            "pass size=[H,W] (e.g. size=[512,512])"
+        )
+    trace_size = tuple(size) if size else TRACE_SIZE
+    check_size = tuple(size) if size else CHECK_SIZE
+    example = torch.rand(1, 3, *trace_size)
+    if fmt == "torchscript":
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # jit deprecation and tracer notes
+            torch.jit.trace(model, example, check_trace=False).save(str(path))
+    elif fmt == "onnx":
+        dims = None
+        if not size:
+            dims = {
+                "image": {
+                    0: torch.export.Dim("batch", min=1, max=1024),
+                    2: torch.export.Dim("height", min=32, max=16384),
+                    3: torch.export.Dim("width", min=32, max=16384),
+                }
+            }
+        torch.onnx.export(
+            model, (example,), str(path), dynamo=True, dynamic_shapes=dims,
+            input_names=["image"], output_names=["probability"],
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown format '{fmt}'; use onnx or torchscript")
+    difference = check_export(model, path, fmt, (2, 3, *check_size))
+    if difference > TOLERANCE:
+        raise RuntimeError(
+            f"the exported {fmt} model differs from PyTorch by {difference:.2e} on a "
+            f"{check_size} input; do not use '{path}'"
+        )
+    return path
+
+
+def run_exported(path: Path, fmt: str, image: np.ndarray) -> np.ndarray:
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"image": image})[0]
+    with torch.no_grad():
+        return torch.jit.load(str(path))(torch.from_numpy(image)).numpy()
+
+
+def check_export(model: ExportedModel, path: Path, fmt: str, shape: tuple[int, ...]) -> float:
+    image = torch.rand(*shape)
+    with torch.no_grad():
+        expected = model(image).numpy()
+    return float(np.abs(run_exported(path, fmt, image.numpy()) - expected).max())

@@ -6,7 +6,7 @@ DATA ?= data
 SEEDS ?= 0,1,2
 LOGGER ?= csv
 
-.PHONY: help install test lint format train smoke sweep paper report bench clean
+.PHONY: help install test lint format train smoke sweep paper report bench study clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,15 @@ paper:  ## the paper's six runs x SEEDS on TNBC and Lizard (DATA=data), then the
 report:  ## tables + figures for a sweep: make report SWEEP=multirun_outputs/<date>/<time>
 	@test -n "$(SWEEP)" || (echo "usage: make report SWEEP=multirun_outputs/<date>/<time>" && exit 2)
 	$(PYTHON) -m nucleiseg.report $(SWEEP)
+
+STUDY_DIR ?= multirun_outputs/study-$(shell date +%Y-%m-%d_%H-%M-%S)
+study:  ## CPU-scale TNBC study: 3 backbones x (two-stage + 3 controls) x 3 seeds x 2 splits
+	$(PYTHON) -m nucleiseg.train -m experiment=study backbone=unet,micronet,unetpp \
+		stage=two_stage,base_extended,base_wider,enhance_no_image seed=0,1,2 \
+		dataset.split_by=image,slide hydra.sweep.dir=$(STUDY_DIR)
+	$(PYTHON) -m nucleiseg.report $(STUDY_DIR)
+	mkdir -p docs/study && cp $(STUDY_DIR)/report.md $(STUDY_DIR)/report.csv docs/study/
+	cp $(STUDY_DIR)/figure_*.png docs/study/ 2>/dev/null || true
 
 bench:  ## benchmarks: framework vs plain loop, phases, loader, tiled inference, start-up
 	$(PYTHON) -m benchmarks.run

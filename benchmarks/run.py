@@ -26,7 +26,7 @@ from benchmarks import inference, loader, training
 from benchmarks.common import CONF_DIR, ROOT
 
 CPU_PROFILE = [
-    "dataset.datamodule.source.num_train=32", "dataset.datamodule.source.size=128",
+    "dataset.datamodule.source.num_train=64", "dataset.datamodule.source.size=128",
     "dataset.datamodule.batch_size=8", "trainer.enable_progress_bar=false",
 ]  # fmt: skip
 GPU_PROFILE = [
@@ -61,7 +61,7 @@ def machine() -> dict[str, str | int]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", action="store_true", help="real sizes, bf16, on a GPU")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "loader", "infer"])
     args = parser.parse_args(argv)
     profile = GPU_PROFILE if args.gpu else CPU_PROFILE
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {report['loader']['train_samples_per_s']:.2f} | {report['loader']['ratio']:.0f}x |"
         )
     if "infer" not in args.skip:
-        report["inference"] = inference.run(512, 48, 2, profile)
+        report["inference"] = inference.run(512, 64, 2, profile)
         for row in report["inference"]:
             lines.append(
                 f"| tiled predict {row['megapixels']:.0f} MP (MP/s, peak MB) | "

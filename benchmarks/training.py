@@ -80,12 +80,18 @@ def compare_phase(cfg, phase_index: int, repeats: int) -> dict[str, Any]:
     apply_phase(plain_module, phase)
     optimizer = plain_module.configure_optimizers()
     loader = datamodule.train_dataloader()
+    plain_epoch(plain_module, loader, optimizer)  # warm-up (allocator, threads), not counted
     framework, plain = [], []
-    for _ in range(repeats):
-        seconds, images = lightning_epoch(cfg, framework_module, datamodule, phase, phase_index)
-        framework.append(images / seconds)
-        seconds, images = plain_epoch(plain_module, loader, optimizer)
-        plain.append(images / seconds)
+    for repeat in range(repeats):  # alternate which goes first, so drift hits both alike
+        for which in ("framework", "plain") if repeat % 2 == 0 else ("plain", "framework"):
+            if which == "framework":
+                seconds, images = lightning_epoch(
+                    cfg, framework_module, datamodule, phase, phase_index
+                )
+                framework.append(images / seconds)
+            else:
+                seconds, images = plain_epoch(plain_module, loader, optimizer)
+                plain.append(images / seconds)
     return {
         "phase": phase.name,
         "framework_images_per_s": statistics.median(framework),

@@ -5,3 +5,8 @@ Implements "A Novel Two-Stage Deep Learning Method for Enhanced Cell Nuclei Segm
 """
 
 __version__ = "0.1.0"
+
+from omegaconf import OmegaConf
+
+# ${mul:a,b} in configs (e.g. a control's epoch budget = 2 x stage.max_epochs)
+OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=True)

@@ -37,6 +37,12 @@ class Sweep:
     incomplete: list[tuple[Path, str]] = field(default_factory=list)  # (job dir, why)
 
 
+def dataset_label(run: dict[str, Any]) -> str:
+    """The dataset, with its split when not the paper's image-level one."""
+    split = run.get("split_by", "image")
+    return run["dataset"] if split in (None, "image") else f"{run['dataset']} ({split} split)"
+
+
 def find_runs(sweep_dir: Path) -> Sweep:
     """Finished runs, and job dirs whose run failed or is unfinished."""
     sweep = Sweep()
@@ -59,8 +65,80 @@ def find_runs(sweep_dir: Path) -> Sweep:
             sweep.incomplete.append((job, f"status '{results.get('status')}'"))
             continue
         results["run_dir"] = str(job)
+        results["dataset_label"] = dataset_label(results)
         sweep.finished.append(results)
     return sweep
+
+
+CONTROLS = ("stage1", "base_extended", "base_wider", "enhance_no_image")
+MAIN_STAGES = ("two_stage", "base")
+
+
+def paired_bootstrap(
+    differences: np.ndarray, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of per-image differences (seeds x images) and its 95% bootstrap interval.
+
+    Test images are resampled with replacement (the same images for every seed, keeping
+    the pairing); each resample's statistic is the mean over seeds and images.
+    """
+    diffs = np.atleast_2d(np.asarray(differences, dtype=float))
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, diffs.shape[1], size=(resamples, diffs.shape[1]))
+    stats = diffs[:, picks].mean(axis=(0, 2))
+    low, high = np.percentile(stats, [2.5, 97.5])
+    return float(diffs.mean()), float(low), float(high)
+
+
+def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two-stage minus each control, per dataset and backbone, paired by seed and image."""
+    per_image: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for run in runs:
+        stage = run.get("stage", "two_stage")
+        key = (run.get("dataset_label", run["dataset"]), run["backbone"])
+        if stage == "two_stage":
+            if "two_stage" in run["test"]:
+                per_image[(*key, "two_stage")][run["seed"]] = run["test"]["two_stage"]
+            if "stage1" in run["test"]:
+                per_image[(*key, "stage1")][run["seed"]] = run["test"]["stage1"]
+        elif stage in CONTROLS and "control" in run["test"]:
+            per_image[(*key, stage)][run["seed"]] = run["test"]["control"]
+    rows = []
+    for (dataset, backbone, control), by_seed in sorted(per_image.items()):
+        if control == "two_stage":
+            continue
+        ours = per_image.get((dataset, backbone, "two_stage"), {})
+        seeds = sorted(set(ours) & set(by_seed))
+        pairs = [(ours[s].get("per_image"), by_seed[s].get("per_image")) for s in seeds]
+        pairs = [(a, b) for a, b in pairs if a and b and a["index"] == b["index"] and a["index"]]
+        if not pairs:
+            continue
+        row = {"dataset": dataset, "backbone": backbone, "control": control, "seeds": len(pairs)}
+        for metric in ("dice", "det_recall"):
+            diffs = np.array([np.subtract(a[metric], b[metric]) for a, b in pairs])
+            row[metric] = paired_bootstrap(diffs)
+        rows.append(row)
+    return rows
+
+
+def comparison_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "### does stage 2 help? two-stage minus control",
+        "",
+        "| dataset | model | control | seeds | Δ Dice per image (95% CI) "
+        "| Δ detection recall (95% CI) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cells = [f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, lo, hi in (r["dice"], r["det_recall"])]
+        name = BACKBONE_NAMES.get(r["backbone"], r["backbone"])
+        lines.append(f"| {r['dataset']} | {name} | {r['control']} | {r['seeds']} | "
+                     + " | ".join(cells) + " |")  # fmt: skip
+    lines += ["", "Paired bootstrap over test images (2000 resamples); stage1 = the same "
+              "run's stage 1 alone.", ""]  # fmt: skip
+    return lines
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -71,7 +149,7 @@ def build_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per dataset x backbone x {stage 1, two-stage}, aggregated over seeds."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for run in runs:
-        groups[(run["dataset"], run["backbone"])].append(run)
+        groups[(run.get("dataset_label", run["dataset"]), run["backbone"])].append(run)
 
     def order(key: tuple[str, str]) -> tuple:
         dataset, backbone = key
@@ -81,7 +159,7 @@ def build_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for dataset, backbone in sorted(groups, key=order):
         group = groups[(dataset, backbone)]
-        paper = PAPER_DICE.get(dataset, {}).get(backbone)
+        paper = PAPER_DICE.get(group[0]["dataset"], {}).get(backbone)
         stage1_dice = {
             r["seed"]: r["test"]["stage1"]["dice"] for r in group if "stage1" in r["test"]
         }
@@ -193,7 +271,7 @@ def sweep_figures(runs: list[dict[str, Any]], out_dir: Path, image_index: int = 
     written = []
     by_dataset: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for run in sorted(runs, key=lambda r: r["seed"]):
-        by_dataset[run["dataset"]].setdefault(run["backbone"], run)
+        by_dataset[run.get("dataset_label", run["dataset"])].setdefault(run["backbone"], run)
     for dataset, by_backbone in sorted(by_dataset.items()):
         rows = []
         for backbone in sorted(
@@ -218,7 +296,8 @@ def sweep_figures(runs: list[dict[str, Any]], out_dir: Path, image_index: int = 
                 )
             )
         if rows:
-            target = out_dir / f"figure_{dataset}.png"
+            slug = dataset.replace(" (", "_").replace(" split)", "").replace(" ", "_")
+            target = out_dir / f"figure_{slug}.png"
             plot_rows(rows, target)
             written.append(target)
     return written
@@ -235,12 +314,15 @@ def report(sweep_dir: str | Path) -> str:
             f"no runs under '{sweep_dir}': expected job dirs with results.json "
             "(python -m nucleiseg.train -m ...)"
         )
-    rows = build_rows(sweep.finished)
-    text = markdown(rows, sweep)
+    main_runs = [r for r in sweep.finished if r.get("stage", "two_stage") in MAIN_STAGES]
+    rows = build_rows(main_runs)
+    text = markdown(rows, sweep) + "\n".join(
+        ["", *comparison_markdown(comparisons(sweep.finished))]
+    )
     (sweep_dir / "report.md").write_text(f"# nucleiseg report: {sweep_dir}\n\n{text}")
     write_csv(rows, sweep_dir / "report.csv")
     (sweep_dir / "report.tex").write_text(latex(rows))
-    sweep_figures(sweep.finished, sweep_dir)
+    sweep_figures(main_runs, sweep_dir)
     return text
 
 

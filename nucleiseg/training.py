@@ -241,6 +241,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "dataset": cfg.dataset.name,
+        "split_by": cfg.dataset.get("split_by", "image"),
         "backbone": cfg.backbone.name,
         "stage": cfg.stage.name,
         "seed": cfg.seed,

@@ -18,13 +18,7 @@ import numpy as np
 
 from nucleiseg.data.io import DatasetError
 from nucleiseg.data.samples import SplitSamples
-from nucleiseg.data.splits import (
-    SPLITS,
-    apply_split_file,
-    group_split,
-    random_split,
-    read_split_file,
-)
+from nucleiseg.data.splits import SPLITS, assign_splits
 
 CONIC_HINT = (
     "expected the CoNIC release of Lizard (images.npy, labels.npy); see "
@@ -111,14 +105,11 @@ class LizardDataset:
 
     def assignment(self) -> dict[str, str]:
         if self._assignment is None:
-            if self.split_file:
-                table = read_split_file(self.split_file)
-                self._assignment = apply_split_file(self.names, table, self.split_file)
-            elif self.split_by == "image":
-                self._assignment = random_split(self.names, self.split_sizes, self.seed)
-            else:
-                groups = [n.rsplit("-", 1)[0] for n in self.names]
-                self._assignment = group_split(self.names, groups, self.split_sizes, self.seed)
+            groups = [n.rsplit("-", 1)[0] for n in self.names]  # source image of each patch
+            self._assignment = assign_splits(
+                self.names, groups, self.split_sizes, self.seed,
+                by_group=self.split_by == "source", split_file=self.split_file,
+            )  # fmt: skip
         return self._assignment
 
     def split(self, name: str) -> SplitSamples:

@@ -17,13 +17,7 @@ from tqdm.auto import tqdm
 
 from nucleiseg.data.io import DatasetError, check_pair, read_array, to_instances, to_rgb
 from nucleiseg.data.samples import SplitSamples
-from nucleiseg.data.splits import (
-    SPLITS,
-    apply_split_file,
-    group_split,
-    random_split,
-    read_split_file,
-)
+from nucleiseg.data.splits import SPLITS, assign_splits
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +75,10 @@ class PairedFilesSource:
     def assignment(self) -> dict[str, str]:
         """Split of every item name (computed once, deterministic from the seed)."""
         if self._assignment is None:
-            names = [p.name for p in self.pairs]
-            if self.split_file:
-                self._assignment = apply_split_file(
-                    names, read_split_file(self.split_file), self.split_file
-                )
-            elif self.split_by == "image":
-                self._assignment = random_split(names, self.split_sizes, self.seed)
-            else:
-                groups = [p.group for p in self.pairs]
-                self._assignment = group_split(names, groups, self.split_sizes, self.seed)
+            self._assignment = assign_splits(
+                [p.name for p in self.pairs], [p.group for p in self.pairs], self.split_sizes,
+                self.seed, by_group=self.split_by != "image", split_file=self.split_file,
+            )  # fmt: skip
         return self._assignment
 
     def load_pair(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:

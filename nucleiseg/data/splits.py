@@ -125,3 +125,19 @@ def apply_split_file(names: Sequence[str], assignment: dict[str, str], path: str
             "it was written for another dataset"
         )
     return {n: assignment[n] for n in names}
+
+
+def assign_splits(
+    names: Sequence[str],
+    groups: Sequence[str],
+    sizes: Sequence[int],
+    seed: int,
+    by_group: bool,
+    split_file: str | None = None,
+) -> dict[str, str]:
+    """The split of every item: from ``split_file`` if given, else by item or by group."""
+    if split_file:
+        return apply_split_file(names, read_split_file(split_file), split_file)
+    if by_group:
+        return group_split(names, groups, sizes, seed)
+    return random_split(names, sizes, seed)

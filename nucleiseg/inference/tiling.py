@@ -10,6 +10,7 @@ float32 accumulators of the image's size, and the input stays uint8 until a tile
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -26,25 +27,38 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
     return starts + [length - tile]
 
 
-def blend_window(tile: int, margin: int, kind: str = "gaussian") -> torch.Tensor:
-    """(tile, tile) weights: a smooth bump over the trusted centre, zero on the margin."""
-    inner = tile - 2 * margin
+def fitted_tile(length: int, max_tile: int, overlap: int, multiple: int = 32) -> int:
+    """The smallest tile side (a multiple of ``multiple``, at most ``max_tile``) that covers
+    ``length`` with as few windows as ``max_tile`` would need: less computed padding."""
+    count = max(1, math.ceil((length - overlap) / (max_tile - overlap)))
+    side = math.ceil((length - overlap) / count) + overlap
+    side = min(max_tile, multiple * math.ceil(side / multiple))
+    return max(side, min(max_tile, 2 * overlap + multiple))
+
+
+def blend_window(tile: int | tuple[int, int], margin: int, kind: str = "gaussian") -> torch.Tensor:
+    """(h, w) weights: a smooth bump over the trusted centre, zero on the margin."""
+    height, width = (tile, tile) if isinstance(tile, int) else tile
+    return torch.outer(_profile(height, margin, kind), _profile(width, margin, kind))
+
+
+def _profile(length: int, margin: int, kind: str) -> torch.Tensor:
+    inner = length - 2 * margin
     if inner <= 0:
-        raise ValueError(f"tile {tile} leaves nothing inside a margin of {margin}")
+        raise ValueError(f"tile {length} leaves nothing inside a margin of {margin}")
+    coords = torch.arange(inner, dtype=torch.float32)
     if kind == "gaussian":
-        coords = torch.arange(inner, dtype=torch.float32) - (inner - 1) / 2
-        profile = torch.exp(-0.5 * (coords / (inner / 8)) ** 2)  # nnU-Net-style sigma
+        centred = coords - (inner - 1) / 2
+        profile = torch.exp(-0.5 * (centred / (inner / 8)) ** 2)  # nnU-Net-style sigma
     elif kind == "linear":
-        coords = torch.arange(inner, dtype=torch.float32)
         profile = torch.minimum(coords + 1, inner - coords) / ((inner + 1) / 2)
     elif kind == "constant":
         profile = torch.ones(inner)
     else:
         raise ValueError(f"unknown blend '{kind}'; use gaussian, linear or constant")
-    profile = profile.clamp_min(1e-3)  # every trusted pixel keeps some weight
-    window = torch.zeros(tile, tile)
-    window[margin : margin + inner, margin : margin + inner] = torch.outer(profile, profile)
-    return window
+    full = torch.zeros(length)
+    full[margin : margin + inner] = profile.clamp_min(1e-3)  # trusted pixels keep weight
+    return full
 
 
 def _to_tensor(tiles: list[np.ndarray], device: torch.device) -> torch.Tensor:
@@ -62,8 +76,13 @@ def predict_tiled(
     batch_size: int = 4,
     blend: str = "gaussian",
     device: str | torch.device = "cpu",
+    fit_tiles: bool = True,
 ) -> np.ndarray:
-    """Probability map (H, W) float32 of an RGB uint8 image (H, W, 3) of any size."""
+    """Probability map (H, W) float32 of an RGB uint8 image (H, W, 3) of any size.
+
+    ``tile`` is the largest window side; with ``fit_tiles`` the windows shrink (to a
+    multiple of 32) as far as the same number of windows still covers the image.
+    """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB image (H, W, 3), got shape {image.shape}")
     margin = overlap // 4 if margin is None else margin
@@ -73,22 +92,26 @@ def predict_tiled(
         )
     device = torch.device(device)
     h, w = image.shape[:2]
-    # reflect-pad by the margin (more where the image is smaller than one tile)
-    pad_h, pad_w = max(margin, tile - h - margin), max(margin, tile - w - margin)
+    # tiles no larger than needed (fewer padded pixels computed), then reflect-pad by the
+    # margin, and more where the image is smaller than one tile
+    th = fitted_tile(h + 2 * margin, tile, overlap) if fit_tiles else tile
+    tw = fitted_tile(w + 2 * margin, tile, overlap) if fit_tiles else tile
+    pad_h, pad_w = max(margin, th - h - margin), max(margin, tw - w - margin)
     padded = np.pad(image, ((margin, pad_h), (margin, pad_w), (0, 0)), mode="reflect")
     ph, pw = padded.shape[:2]
-    window = blend_window(tile, margin, blend)
+    window = blend_window((th, tw), margin, blend)
     total = torch.zeros(ph, pw)
     weight = torch.zeros(ph, pw)
-    stride = tile - overlap
-    boxes = [(y, x) for y in tile_starts(ph, tile, stride) for x in tile_starts(pw, tile, stride)]
+    ys = tile_starts(ph, th, th - overlap)
+    xs = tile_starts(pw, tw, tw - overlap)
+    boxes = [(y, x) for y in ys for x in xs]
     for i in range(0, len(boxes), batch_size):
         chunk = boxes[i : i + batch_size]
-        batch = _to_tensor([padded[y : y + tile, x : x + tile] for y, x in chunk], device)
+        batch = _to_tensor([padded[y : y + th, x : x + tw] for y, x in chunk], device)
         probs = predict(batch)[:, 0].float().cpu()
         for (y, x), prob in zip(chunk, probs, strict=True):
-            total[y : y + tile, x : x + tile] += prob * window
-            weight[y : y + tile, x : x + tile] += window
+            total[y : y + th, x : x + tw] += prob * window
+            weight[y : y + th, x : x + tw] += window
     out = (
         total[margin : margin + h, margin : margin + w]
         / weight[margin : margin + h, margin : margin + w]

@@ -17,6 +17,7 @@ from torch import nn
 
 from nucleiseg.inference.instances import InstanceSettings, instances_from_probability
 from nucleiseg.metrics.objects import MissedNuclei, NucleusMetrics
+from nucleiseg.metrics.per_image import PerImageScores
 from nucleiseg.metrics.pixel import pixel_metrics, summarise
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -63,6 +64,7 @@ class SegmentationModule(L.LightningModule):
         # nucleus-level metrics on the test split (watershed instances of each output)
         self.object_metrics = nn.ModuleDict({o: NucleusMetrics() for o in self.outputs})
         self.missed_nuclei = MissedNuclei() if len(self.outputs) > 1 else None
+        self.per_image = nn.ModuleDict({o: PerImageScores(threshold) for o in self.outputs})
         self.last_metrics: dict[str, dict[str, Any]] = {}
 
     # -- to implement ---------------------------------------------------------------------
@@ -101,17 +103,27 @@ class SegmentationModule(L.LightningModule):
             for output, value in logits.items():
                 self.metrics[f"{split}_{output}"].update(torch.sigmoid(value), target.int())
         if split == "test" and "instances" in batch:
-            self._update_object_metrics(logits, batch["instances"])
+            self._update_test_only_metrics(logits, batch)
         return loss
 
-    def _update_object_metrics(self, logits: dict[str, torch.Tensor], true: torch.Tensor) -> None:
+    def _update_test_only_metrics(
+        self, logits: dict[str, torch.Tensor], batch: dict[str, Any]
+    ) -> None:
+        """Nucleus-level metrics (watershed instances of each output) and per-image scores."""
+        true = batch["instances"]
         predicted = {}
         for output, value in logits.items():
-            probs = torch.sigmoid(value)[:, 0].float().cpu().numpy()
+            prob = torch.sigmoid(value)
             predicted[output] = np.stack(
-                [instances_from_probability(p, self.instance_settings) for p in probs]
+                [
+                    instances_from_probability(p, self.instance_settings)
+                    for p in prob[:, 0].float().cpu().numpy()
+                ]
             )
             self.object_metrics[output].update(predicted[output], true)
+            self.per_image[output].update(
+                batch["index"], prob, batch["mask"], predicted[output], true
+            )
         if self.missed_nuclei is not None:
             self.missed_nuclei.update(predicted["stage1"], predicted["two_stage"], true)
 
@@ -142,10 +154,12 @@ class SegmentationModule(L.LightningModule):
                 self.object_metrics[output].reset()
                 for name, value in objects.items():
                     self.log(f"{self.phase}/test/{output}/objects/{name}", value, sync_dist=True)
-                summary = {**summary, "objects": objects}
+                per_image = self.per_image[output].compute()
+                self.per_image[output].reset()
+                summary = {**summary, "objects": objects, "per_image": per_image}
             results[output] = summary
             for name, value in summary.items():
-                if name != "objects":
+                if name not in ("objects", "per_image"):
                     # already synced by torchmetrics: every rank holds the same value
                     self.log(f"{self.phase}/{split}/{output}/{name}", value, sync_dist=True)
         if split == "test" and self.missed_nuclei is not None:

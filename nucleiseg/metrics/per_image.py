@@ -1,0 +1,56 @@
+"""Per-image scores of a test split, kept in image order for paired comparisons.
+
+Each test image contributes its pixel Dice (torchmetrics' samplewise F1) and its nucleus
+detection recall (true nuclei matched at IoU > 0.5 over true nuclei); states are
+concatenated across batches and DDP ranks and sorted back into dataset order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torchmetrics import Metric
+from torchmetrics.functional.classification import binary_f1_score
+from torchmetrics.utilities import dim_zero_cat
+
+from nucleiseg.metrics.objects import image_counts
+
+
+class PerImageScores(Metric):
+    full_state_update = False
+
+    def __init__(self, threshold: float = 0.5, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.threshold = threshold
+        for name in ("index", "dice", "det_recall"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(
+        self,
+        index: torch.Tensor,
+        prob: torch.Tensor,
+        target: torch.Tensor,
+        pred_instances: np.ndarray,
+        true_instances: torch.Tensor,
+    ) -> None:
+        dice = binary_f1_score(
+            prob, target.int(), threshold=self.threshold, multidim_average="samplewise"
+        )
+        recalls = []
+        for p, t in zip(pred_instances, true_instances.cpu().numpy(), strict=True):
+            counts = image_counts(t, p)
+            recalls.append(1.0 if counts["n_true"] == 0 else counts["tp"] / counts["n_true"])
+        self.index.append(index.detach().to(self.device).long())
+        self.dice.append(dice.detach().float())
+        self.det_recall.append(torch.tensor(recalls, device=self.device))
+
+    def compute(self) -> dict[str, list[float]]:
+        if not self.index:
+            return {"index": [], "dice": [], "det_recall": []}
+        index = dim_zero_cat(self.index)
+        order = torch.argsort(index)
+        return {
+            "index": index[order].tolist(),
+            "dice": dim_zero_cat(self.dice)[order].tolist(),
+            "det_recall": dim_zero_cat(self.det_recall)[order].tolist(),
+        }

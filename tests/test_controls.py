@@ -1,0 +1,70 @@
+"""Does stage 2 really help? Control stages, per-image scores and paired bootstrap intervals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nucleiseg.report import comparisons, find_runs, paired_bootstrap, report
+
+from conftest import ROOT, compose_config
+
+
+def test_bootstrap_of_identical_predictions_is_zero_width_at_zero():
+    diffs = np.zeros((3, 10))
+    assert paired_bootstrap(diffs) == (0.0, 0.0, 0.0)
+
+
+def test_bootstrap_of_a_constant_improvement_is_that_constant():
+    mean, low, high = paired_bootstrap(np.full((3, 10), 0.04))
+    assert (mean, low, high) == pytest.approx((0.04, 0.04, 0.04))
+
+
+def test_bootstrap_interval_contains_the_mean_and_narrows_with_more_images():
+    rng = np.random.default_rng(0)
+    small = paired_bootstrap(rng.normal(0.02, 0.05, (3, 10)))
+    large = paired_bootstrap(rng.normal(0.02, 0.05, (3, 400)))
+    assert small[1] <= small[0] <= small[2]
+    assert large[2] - large[1] < small[2] - small[1]
+
+
+@pytest.mark.parametrize("stage", ["base_extended", "base_wider", "enhance_no_image"])
+def test_control_stages_compose(stage):
+    cfg = compose_config([f"stage={stage}", "experiment=smoke"])
+    assert cfg.stage.name == stage and cfg.stage.phases[-1].test_as == "control"
+    if stage == "enhance_no_image":
+        assert cfg.model.enhancer.in_channels == 1
+        assert cfg.model.two_stage_module.enhancer_sees_image is False
+    if stage == "base_extended":
+        assert cfg.stage.phases[1].max_epochs == 2 * cfg.stage.max_epochs
+
+
+def test_controls_run_through_the_sweep_and_appear_in_the_report(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [
+        sys.executable, "-m", "nucleiseg.train", "-m",
+        "stage=two_stage,base_extended,base_wider,enhance_no_image", "experiment=smoke",
+        "stage.max_epochs=1", "figures.test_images=0", "trainer.enable_progress_bar=false",
+        f"hydra.sweep.dir={sweep}",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = find_runs(sweep).finished
+    assert sorted(r["stage"] for r in runs) == sorted(
+        ["two_stage", "base_extended", "base_wider", "enhance_no_image"]
+    )
+    two_stage = next(r for r in runs if r["stage"] == "two_stage")
+    per_image = two_stage["test"]["two_stage"]["per_image"]
+    assert per_image["index"] == [0, 1, 2, 3] and len(per_image["dice"]) == 4
+    rows = {r["control"]: r for r in comparisons(runs)}
+    assert set(rows) == {"stage1", "base_extended", "base_wider", "enhance_no_image"}
+    text = report(sweep)
+    assert "two-stage minus control" in text
+    for control in rows:
+        assert f"| {control} | 1 |" in text
+    # the headline table holds the two-stage run only, not the controls' stage-1 rows
+    headline = text.split("### does stage 2 help")[0]
+    assert "| U-Net | 1 |" in headline and headline.count("| U-Net | ") == 1

@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> dict:
     profile = GPU_PROFILE if args.gpu else CPU_PROFILE
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["paths.output_dir=/tmp/nucleiseg-bench", *profile])
-    report: dict = {"machine": machine(), "profile": profile, "date": dt.date.today().isoformat()}
+    now = dt.datetime.now()
+    report: dict = {"machine": machine(), "profile": profile, "date": now.isoformat(" ", "seconds")}
     lines = ["| benchmark | nucleiseg | plain / raw | ratio |", "|---|---|---|---|"]
     if "train" not in args.skip:
         report["training"] = [training.compare_phase(cfg, i, args.repeats) for i in range(3)]
@@ -80,6 +81,24 @@ def main(argv: list[str] | None = None) -> dict:
         share = p3["framework_images_per_s"] / p2["framework_images_per_s"]
         report["phase2_cost_vs_phase3"] = share
         lines.append(f"| phase 2 cost per image / phase 3 | {share:.2f} | | |")
+    if args.gpu and "train" not in args.skip:  # a training step in bf16 vs fp32
+        report["precision"] = {}
+        for precision in ("bf16-mixed", "32-true"):
+            with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+                pcfg = compose(
+                    "config",
+                    overrides=[
+                        "paths.output_dir=/tmp/nucleiseg-bench",
+                        *profile,
+                        f"trainer.precision={precision}",
+                    ],
+                )
+            row = training.compare_phase(pcfg, 0, args.repeats)
+            report["precision"][precision] = row["framework_images_per_s"]
+            lines.append(
+                f"| train phase 1, {precision} (images/s) | "
+                f"{row['framework_images_per_s']:.1f} | | |"
+            )
     if "loader" not in args.skip:
         report["loader"] = loader.main(profile)
         lines.append(
@@ -98,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     lines.append(f"| `nucleiseg.train --help` (s) | {report['startup']['train_help_s']:.2f} | | |")
     lines.append(f"| compose config (s) | {report['startup']['compose_config_s']:.3f} | | |")
     print("\n".join(lines))
-    out = ROOT / "benchmarks" / "results" / f"{report['date']}.json"
+    out = ROOT / "benchmarks" / "results" / f"{now:%Y-%m-%d_%H-%M-%S}.json"  # never overwrites
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {out}")

@@ -192,6 +192,14 @@ def forward_sigusr1_as_sigterm() -> None:
     signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
 
 
+def stop_other_ranks(trainer: L.Trainer | None) -> None:
+    """After a failure, end the DDP rank processes this process started, so none is left
+    waiting for a collective that will never come."""
+    launcher = getattr(getattr(trainer, "strategy", None), "launcher", None)
+    if launcher is not None and getattr(launcher, "procs", None):
+        launcher.kill(signal.SIGKILL)
+
+
 def phase_record(
     phase: Phase, trainer: L.Trainer, checkpoint: ModelCheckpoint, stop: str, test: dict
 ) -> dict[str, Any]:
@@ -254,6 +262,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if is_writer and previous is None:
         write_json_atomic(run_dir / "results.json", results)
     epochs_so_far = 0
+    trainer: L.Trainer | None = None
     try:
         for index, phase in enumerate(phases):
             module = modules[phase.module]
@@ -296,6 +305,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if is_writer:
                 write_json_atomic(run_dir / "results.json", results)
     except BaseException as err:
+        stop_other_ranks(trainer)
         interrupted = isinstance(err, KeyboardInterrupt | SystemExit)
         results["status"] = "interrupted" if interrupted else "failed"
         results["error"] = f"{type(err).__name__}: {err}"

@@ -45,7 +45,8 @@ class PerImageScores(Metric):
         self.det_recall.append(torch.tensor(recalls, device=self.device))
 
     def compute(self) -> dict[str, list[float]]:
-        if not self.index:
+        # a list of per-batch tensors, or one tensor once synced across DDP ranks
+        if isinstance(self.index, list) and not self.index:
             return {"index": [], "dice": [], "det_recall": []}
         index = dim_zero_cat(self.index)
         order = torch.argsort(index)

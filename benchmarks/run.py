@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", action="store_true", help="real sizes, bf16, on a GPU")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tile", type=int, default=1088, help="largest tile side for predict")
+    parser.add_argument("--overlap", type=int, default=64)
+    parser.add_argument("--tile-batch", type=int, default=1)
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "loader", "infer"])
     args = parser.parse_args(argv)
     profile = GPU_PROFILE if args.gpu else CPU_PROFILE
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {report['loader']['train_samples_per_s']:.2f} | {report['loader']['ratio']:.0f}x |"
         )
     if "infer" not in args.skip:
-        report["inference"] = inference.run(512, 64, 2, profile)
+        report["inference"] = inference.run(args.tile, args.overlap, args.tile_batch, profile)
         for row in report["inference"]:
             lines.append(
                 f"| tiled predict {row['megapixels']:.0f} MP (MP/s, peak MB) | "

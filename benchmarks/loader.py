@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from benchmarks.common import CONF_DIR
+from benchmarks.training import plain_epoch
 
 
 def loader_samples_per_s(loader, epochs: int = 2) -> float:
@@ -28,19 +29,12 @@ def loader_samples_per_s(loader, epochs: int = 2) -> float:
 
 
 def training_samples_per_s(module, loader, steps: int = 6) -> float:
-    optimizer = module.configure_optimizers()
-    module.train()
+    """Phase-1 steps on the first ``steps`` batches, after one warm-up step."""
     batches = list(itertools.islice(loader, steps + 1))
-    start, count = time.perf_counter(), 0
-    for i, batch in enumerate(batches):
-        if i == 1:  # the first step warms up
-            start, count = time.perf_counter(), 0
-        optimizer.zero_grad()
-        logits, extra = module.compute_outputs(batch["image"], batch["mask"])
-        (module.loss(logits, batch["mask"]) + extra).backward()
-        optimizer.step()
-        count += len(batch["image"])
-    return count / (time.perf_counter() - start)
+    optimizer = module.configure_optimizers()
+    plain_epoch(module, batches[:1], optimizer)  # warm-up
+    seconds, images = plain_epoch(module, batches[1:], optimizer)
+    return images / seconds
 
 
 def main(overrides: list[str]) -> dict[str, float]:

@@ -17,9 +17,8 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from nucleiseg.data.samples import SplitSamples
-from nucleiseg.data.splits import write_split_file
+from nucleiseg.data.splits import SPLITS, write_split_file
 
-SPLITS = ("train", "val", "test")
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
 

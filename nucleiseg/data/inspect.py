@@ -18,9 +18,9 @@ import numpy as np
 from omegaconf import DictConfig
 
 from nucleiseg.data.samples import SplitSamples
+from nucleiseg.data.splits import SPLITS
 
 log = logging.getLogger(__name__)
-SPLITS = ("train", "val", "test")
 
 
 def summarise_split(samples: SplitSamples) -> dict[str, Any]:

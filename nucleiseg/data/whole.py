@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from nucleiseg.data.samples import SplitSamples
-
-SPLITS = ("train", "val", "test")
+from nucleiseg.data.splits import SPLITS
 
 
 class WholeDataset:

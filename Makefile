@@ -46,10 +46,11 @@ report:  ## tables + figures for a sweep: make report SWEEP=multirun_outputs/<da
 	$(PYTHON) -m nucleiseg.report $(SWEEP)
 
 STUDY_DIR ?= multirun_outputs/study-$(shell date +%Y-%m-%d_%H-%M-%S)
-study:  ## CPU-scale TNBC study: 3 backbones x (two-stage + 3 controls) x 3 seeds x 2 splits
+STUDY_SPLITS ?= image,slide
+study:  ## CPU-scale TNBC study: 3 backbones x (two-stage + 3 controls) x 3 seeds x STUDY_SPLITS
 	$(PYTHON) -m nucleiseg.train -m experiment=study backbone=unet,micronet,unetpp \
 		stage=two_stage,base_extended,base_wider,enhance_no_image seed=0,1,2 \
-		dataset.split_by=image,slide hydra.sweep.dir=$(STUDY_DIR)
+		dataset.split_by=$(STUDY_SPLITS) hydra.sweep.dir=$(STUDY_DIR)
 	$(PYTHON) -m nucleiseg.report $(STUDY_DIR)
 	mkdir -p docs/study && cp $(STUDY_DIR)/report.md $(STUDY_DIR)/report.csv docs/study/
 	cp $(STUDY_DIR)/figure_*.png docs/study/ 2>/dev/null || true

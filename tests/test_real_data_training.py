@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from hydra.utils import instantiate
+
 from nucleiseg.data.splits import read_split_file
 from nucleiseg.training import train
 
@@ -26,3 +28,15 @@ def test_lizard_conic_layout_trains_stage1(conic_root, tmp_path):
     results = train(compose_config(overrides, tmp_path))
     assert results["dataset"] == "lizard" and 0.0 <= results["test"]["stage1"]["dice"] <= 1.0
     assert len(read_split_file(tmp_path / "split.csv")) == 88
+
+
+def test_study_reads_tnbc_at_20x_crops_training_and_keeps_whole_test_images(tnbc_root, tmp_path):
+    cfg = compose_config(["experiment=study", f"dataset.root={tnbc_root}"], tmp_path)
+    datamodule = instantiate(cfg.dataset.datamodule)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].shape[1:] == (3, 128, 128)  # 256 px crops at 40x, resized to 20x
+    val = datamodule.dataset("val")[0]
+    assert val["image"].shape == (3, 256, 256) and val["instances"].shape == (256, 256)
+    assert set(val["mask"].unique().tolist()) == {0.0, 1.0}
+    assert len(datamodule.dataset("train")) == 30 * cfg.dataset.datamodule.train_repeats

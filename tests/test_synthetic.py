@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import albumentations as A
 import numpy as np
+import pytest
 import torch
 
 from nucleiseg.data.datamodule import NucleiDataModule, NucleiDataset
@@ -77,3 +78,16 @@ def test_datamodule_batches_every_split():
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (2, 3, 32, 32) and batch["mask"].shape == (2, 1, 32, 32)
     assert sum(len(b["image"]) for b in dm.test_dataloader()) == 2
+
+
+def test_train_repeats_draw_each_image_with_a_fresh_crop_each_time():
+    source = SyntheticNuclei(num_train=3, num_val=2, num_test=2, size=64)
+    dm = NucleiDataModule(source, 2, crop_size=16, train_repeats=4)
+    dm.setup("fit")
+    train = dm.dataset("train")
+    assert len(train) == 12 and len(dm.dataset("val")) == 2  # val/test never repeated
+    assert all(train[i]["index"] == i % 3 for i in range(12))
+    crops = [train[i]["image"] for i in (0, 3, 6, 9)]  # image 0, four draws
+    assert not all(torch.equal(crops[0], c) for c in crops[1:])
+    with pytest.raises(ValueError, match="train_repeats"):
+        NucleiDataset(source.split("train"), repeats=0)

@@ -30,14 +30,20 @@ class NucleiDataset(Dataset):
     """Yields ``image`` float (3, H, W) in 0..1, ``mask`` float (1, H, W), ``instances`` int32
     (H, W) and ``index``."""
 
-    def __init__(self, samples: SplitSamples, transform: A.BasicTransform | None = None) -> None:
+    def __init__(
+        self, samples: SplitSamples, transform: A.BasicTransform | None = None, repeats: int = 1
+    ) -> None:
+        if repeats < 1:
+            raise ValueError(f"dataset.datamodule.train_repeats must be >= 1, got {repeats}")
         self.samples = samples
         self.transform = transform
+        self.repeats = repeats
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.samples) * self.repeats
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        index = index % len(self.samples)
         image = np.asarray(self.samples.images[index])
         instances = np.asarray(self.samples.instances[index])
         if self.transform is not None:
@@ -50,7 +56,12 @@ class NucleiDataset(Dataset):
 
 
 class NucleiDataModule(L.LightningDataModule):
-    """Batches a source's train/val/test splits; augmentation on train only."""
+    """Batches a source's train/val/test splits; augmentation on train only.
+
+    ``train_repeats`` draws each training image that many times per epoch (with random
+    crops, a different crop each time), so short epochs on a few large images still see
+    most of their area.
+    """
 
     def __init__(
         self,
@@ -63,7 +74,7 @@ class NucleiDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         crop_size: int | None = None,
         split_output: str | None = None,
-        shuffle_seed: int = 0,
+        train_repeats: int = 1,
     ) -> None:
         super().__init__()
         self.source = source
@@ -75,7 +86,7 @@ class NucleiDataModule(L.LightningDataModule):
             train_transform = A.Compose([crop, train_transform] if train_transform else [crop])
         self.train_transform = train_transform
         self.split_output = split_output
-        self.shuffle_seed = shuffle_seed
+        self.train_repeats = train_repeats
         self.eval_transform = eval_transform
         self.pin_memory = pin_memory
         self.samples: dict[str, SplitSamples] = {}
@@ -102,8 +113,9 @@ class NucleiDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> NucleiDataset:
         if split not in self.samples:
             self.setup()
-        transform = self.train_transform if split == "train" else self.eval_transform
-        return NucleiDataset(self.samples[split], transform)
+        if split == "train":  # each image several times per epoch, a fresh crop each time
+            return NucleiDataset(self.samples[split], self.train_transform, self.train_repeats)
+        return NucleiDataset(self.samples[split], self.eval_transform)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)

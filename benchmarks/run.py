@@ -33,6 +33,14 @@ GPU_PROFILE = [
     "dataset.datamodule.source.num_train=256", "dataset.datamodule.source.size=256",
     "dataset.datamodule.batch_size=32", "trainer=gpu", "trainer.enable_progress_bar=false",
 ]  # fmt: skip
+PHASE_COST_IMAGES = "dataset.datamodule.source.num_train=16"
+
+
+def compose_profile(profile: list[str], *extra: str):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(
+            "config", overrides=["paths.output_dir=/tmp/nucleiseg-bench", *profile, *extra]
+        )
 
 
 def startup_seconds() -> dict[str, float]:
@@ -65,11 +73,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tile", type=int, default=1088, help="largest tile side for predict")
     parser.add_argument("--overlap", type=int, default=64)
     parser.add_argument("--tile-batch", type=int, default=1)
+    parser.add_argument(
+        "--phase-backbones", nargs="*", default=["unetpp", "micronet"],
+        help="also time phases 2 and 3 with these stage-1 backbones (paper widths)",
+    )  # fmt: skip
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "loader", "infer"])
     args = parser.parse_args(argv)
     profile = GPU_PROFILE if args.gpu else CPU_PROFILE
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["paths.output_dir=/tmp/nucleiseg-bench", *profile])
+    cfg = compose_profile(profile)
     now = dt.datetime.now()
     report: dict = {"machine": machine(), "profile": profile, "date": now.isoformat(" ", "seconds")}
     lines = ["| benchmark | nucleiseg | plain / raw | ratio |", "|---|---|---|---|"]
@@ -83,19 +94,20 @@ def main(argv: list[str] | None = None) -> dict:
         p2, p3 = report["training"][1], report["training"][2]
         share = p3["framework_images_per_s"] / p2["framework_images_per_s"]
         report["phase2_cost_vs_phase3"] = share
-        lines.append(f"| phase 2 cost per image / phase 3 | {share:.2f} | | |")
+        lines.append(f"| phase 2 cost per image / phase 3, U-Net | {share:.2f} | | |")
+        report["phase_cost_by_backbone"] = []
+        for backbone in args.phase_backbones:  # fewer images: Micro-Net is large at paper width
+            bcfg = compose_profile(profile, f"backbone={backbone}", PHASE_COST_IMAGES)
+            row = training.phase2_cost_vs_phase3(bcfg, max(1, args.repeats // 2))
+            report["phase_cost_by_backbone"].append(row)
+            lines.append(
+                f"| phase 2 cost per image / phase 3, {backbone} | "
+                f"{row['phase2_cost_vs_phase3']:.2f} | | |"
+            )
     if args.gpu and "train" not in args.skip:  # a training step in bf16 vs fp32
         report["precision"] = {}
         for precision in ("bf16-mixed", "32-true"):
-            with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-                pcfg = compose(
-                    "config",
-                    overrides=[
-                        "paths.output_dir=/tmp/nucleiseg-bench",
-                        *profile,
-                        f"trainer.precision={precision}",
-                    ],
-                )
+            pcfg = compose_profile(profile, f"trainer.precision={precision}")
             row = training.compare_phase(pcfg, 0, args.repeats)
             report["precision"][precision] = row["framework_images_per_s"]
             lines.append(

@@ -76,17 +76,21 @@ def plain_phase_epoch(module, loader) -> tuple[float, int]:
     return plain_epoch(module, loader, optimizer)
 
 
+def phase_setup(cfg) -> tuple[list, Any, dict]:
+    """The run's phases, its data module (set up for fitting) and fresh modules."""
+    datamodule = instantiate(cfg.dataset.datamodule, split_output=None)
+    datamodule.setup("fit")
+    return build_phases(cfg), datamodule, build_modules(cfg)
+
+
 def compare_phase(cfg, phase_index: int, repeats: int) -> dict[str, Any]:
     """Alternate framework and plain runs of one phase; medians of steady-state images/s.
 
     Each run starts as a phase does (a fresh optimizer) and times its second epoch, so the
     optimizer's first-step allocations and the fit's start-up weigh on neither side.
     """
-    phases = build_phases(cfg)
+    phases, datamodule, modules = phase_setup(cfg)
     phase = phases[phase_index]
-    datamodule = instantiate(cfg.dataset.datamodule, split_output=None)
-    datamodule.setup("fit")
-    modules = build_modules(cfg)
     framework_module = modules[phase.module]
     plain_module = copy.deepcopy(framework_module)
     apply_phase(plain_module, phase)
@@ -108,4 +112,29 @@ def compare_phase(cfg, phase_index: int, repeats: int) -> dict[str, Any]:
         "plain_images_per_s": statistics.median(plain),
         "ratio": statistics.median(framework) / statistics.median(plain),
         "torch_threads": torch.get_num_threads(),
+    }
+
+
+def phase2_cost_vs_phase3(cfg, repeats: int) -> dict[str, Any]:
+    """Framework images/s of phases 2 and 3 for one backbone; phase 3's rate over phase 2's.
+
+    Phase 2 adds the enhancer's forward and backward to a no_grad, eval-mode stage-1 forward;
+    phase 3 adds them to stage 1's full forward and backward. So the share falls as stage 1
+    grows relative to the fixed 76,289-weight, full-resolution enhancer.
+    """
+    phases, datamodule, modules = phase_setup(cfg)
+    rates = {}
+    for index in (1, 2):
+        phase = phases[index]
+        runs = [
+            lightning_epoch(cfg, modules[phase.module], datamodule, phase, index)
+            for _ in range(repeats)
+        ]
+        rates[phase.name] = statistics.median(images / seconds for seconds, images in runs)
+    enhance, finetune = (rates[phases[i].name] for i in (1, 2))
+    return {
+        "backbone": cfg.backbone.name,
+        "phase2_images_per_s": enhance,
+        "phase3_images_per_s": finetune,
+        "phase2_cost_vs_phase3": finetune / enhance,
     }

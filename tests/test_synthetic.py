@@ -91,3 +91,16 @@ def test_train_repeats_draw_each_image_with_a_fresh_crop_each_time():
     assert not all(torch.equal(crops[0], c) for c in crops[1:])
     with pytest.raises(ValueError, match="train_repeats"):
         NucleiDataset(source.split("train"), repeats=0)
+
+
+def test_random_crops_follow_the_augmentation_seed():
+    def first_crops(seed: int) -> list[torch.Tensor]:
+        augment = A.Compose([A.HorizontalFlip(p=0.5)], seed=seed)
+        source = SyntheticNuclei(num_train=4, num_val=1, num_test=1, size=64)
+        dm = NucleiDataModule(source, 2, crop_size=16, train_transform=augment)
+        dm.setup("fit")
+        return [dm.dataset("train")[i]["image"] for i in range(4)]
+
+    same, again, other = first_crops(3), first_crops(3), first_crops(4)
+    assert all(torch.equal(a, b) for a, b in zip(same, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(same, other, strict=True))

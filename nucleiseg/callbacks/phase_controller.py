@@ -37,6 +37,7 @@ class Phase:
     patience: int = 10
     min_epochs: int = 1
     test_as: str | None = None  # key under results.json "test" for this phase's output
+    lr: float | None = None  # this phase's learning rate; None: model.optimizer's
 
     def __post_init__(self) -> None:
         if self.module not in MODULES:
@@ -72,6 +73,7 @@ def apply_phase(module: Any, phase: Phase) -> None:
         if not trainable:
             part.eval()
     module.phase = phase.name
+    module.phase_lr = phase.lr
 
 
 def _random_transforms(transform: Any) -> list[Any]:

@@ -83,7 +83,10 @@ class NucleiDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         if crop_size:  # train on random crops; evaluate on whole images
             crop = A.RandomCrop(crop_size, crop_size, pad_if_needed=True, border_mode=4)
-            train_transform = A.Compose([crop, train_transform] if train_transform else [crop])
+            # the outer Compose reseeds everything inside it: keep the configured seed
+            seed = getattr(train_transform, "seed", None)
+            steps = [crop, train_transform] if train_transform else [crop]
+            train_transform = A.Compose(steps, seed=seed)
         self.train_transform = train_transform
         self.split_output = split_output
         self.train_repeats = train_repeats

@@ -49,6 +49,7 @@ class SegmentationModule(L.LightningModule):
         self.instance_settings = InstanceSettings(**(postprocess or {"threshold": threshold}))
         self.optimizer_factory = optimizer
         self.phase = "train"
+        self.phase_lr: float | None = None  # set per phase by apply_phase
         self.epoch_offset = 0  # epochs run in earlier phases: one axis across phases
         self.phase_index = 0
         # the composed backbone/model/postprocess config, stored in every checkpoint so that
@@ -189,10 +190,13 @@ class SegmentationModule(L.LightningModule):
             checkpoint["nucleiseg"] = {**self.model_config, "phase": self.phase}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        """A fresh optimizer over the trainable weights; each phase's fit calls this anew."""
+        """A fresh optimizer over the trainable weights, at the phase's learning rate where it
+        sets one; each phase's fit calls this anew."""
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError(f"phase '{self.phase}' has no trainable weights")
         if self.optimizer_factory is None:
-            return torch.optim.Adam(params, lr=1e-4)
+            return torch.optim.Adam(params, lr=self.phase_lr or 1e-4)
+        if self.phase_lr is not None:
+            return self.optimizer_factory(params, lr=self.phase_lr)
         return self.optimizer_factory(params)

@@ -97,6 +97,19 @@ def test_each_phase_gets_a_fresh_optimizer_over_its_trainable_weights(setup, tmp
     assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["lr"] == 1e-4
 
 
+def test_finetune_lr_sets_the_learning_rate_of_the_continuing_phases_only(tmp_path):
+    cfg = compose_config(smoke_overrides("model.optimizer.lr=0.002", "stage.finetune_lr=0.0002"))
+    modules, phases = build_modules(cfg), build_phases(cfg)
+    rates = []
+    for phase in phases:
+        apply_phase(modules[phase.module], phase)
+        rates.append(modules[phase.module].configure_optimizers().defaults["lr"])
+    assert [p.name for p in phases] == ["stage1", "enhance", "finetune"]
+    assert rates == [0.002, 0.002, 0.0002]
+    extended = build_phases(compose_config(smoke_overrides("stage=base_extended")))
+    assert [p.lr for p in extended] == [None, None]  # null: model.optimizer's
+
+
 def test_checkpoints_record_their_phase_and_refuse_another(setup, tmp_path):
     cfg, modules, dm, phases = setup
     fit_phase(cfg, modules["two_stage"], dm, phases[1], 1, tmp_path)

@@ -242,6 +242,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
     if cfg.stage.init_from:
         load_weights(modules["two_stage"], cfg.stage.init_from)
+    # Stage 1 is built first, so its initial weights depend on the seed alone; reseeding here
+    # makes data order and augmentation independent of the enhancer's size too. Stages that
+    # share phase 1 (two_stage, base_extended, enhance_no_image) then train the same stage 1
+    # for a given seed, and the controls are paired with the two-stage run.
+    L.seed_everything(cfg.seed, workers=True)
     loggers = build_loggers(cfg)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

@@ -57,6 +57,16 @@ def test_controls_run_through_the_sweep_and_appear_in_the_report(tmp_path):
         ["two_stage", "base_extended", "base_wider", "enhance_no_image"]
     )
     two_stage = next(r for r in runs if r["stage"] == "two_stage")
+    # same seed, same phase 1: the controls that share stage 1 train exactly the same one
+    for stage in ("base_extended", "enhance_no_image"):
+        control = next(r for r in runs if r["stage"] == stage)
+        assert control["phases"][0]["best_val_loss"] == two_stage["phases"][0]["best_val_loss"]
+        assert control["phases"][0]["test"] == two_stage["phases"][0]["test"]
+    # same seed, same phase 1: the controls that share stage 1 train exactly the same one
+    for stage in ("base_extended", "enhance_no_image"):
+        control = next(r for r in runs if r["stage"] == stage)
+        assert control["phases"][0]["best_val_loss"] == two_stage["phases"][0]["best_val_loss"]
+        assert control["phases"][0]["test"] == two_stage["phases"][0]["test"]
     per_image = two_stage["test"]["two_stage"]["per_image"]
     assert per_image["index"] == [0, 1, 2, 3] and len(per_image["dice"]) == 4
     rows = {r["control"]: r for r in comparisons(runs)}

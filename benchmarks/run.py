@@ -4,7 +4,9 @@ Prints a table and writes ``benchmarks/results/<date>.json`` with the machine's 
 1. phase-1 training images/s through nucleiseg (Lightning Trainer, the real module, logging
    and checkpointing on) vs a plain PyTorch loop on the same model, data and optimizer,
    measured alternately in this process; 2. the same for phases 2 and 3 (phase 2 runs a
-   frozen stage 1 under no_grad, so it must cost markedly less per image); 3. data loading
+   frozen stage 1 under no_grad, so it must cost markedly less per image: its cost per image
+   over phase 3's, with phase 2 and 3 epochs alternating, per backbone, beside the same
+   ratio for bare forward/backward steps, the floor any loop has); 3. data loading
    vs training samples/s; 4. raw forward vs tiled predict (MP/s, peak memory at 1/4/16 MP);
    5. start-up time of ``python -m nucleiseg.train --help`` and of composing the config.
 """
@@ -18,6 +20,7 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -34,6 +37,8 @@ GPU_PROFILE = [
     "dataset.datamodule.batch_size=32", "trainer=gpu", "trainer.enable_progress_bar=false",
 ]  # fmt: skip
 PHASE_COST_IMAGES = "dataset.datamodule.source.num_train=16"
+# Micro-Net at its published width takes over 100 s per batch of 8 here: quarter width on CPU.
+CPU_PHASE_OVERRIDES = {"micronet": ["backbone.net.base_channels=16"]}
 
 
 def compose_profile(profile: list[str], *extra: str):
@@ -54,6 +59,25 @@ def startup_seconds() -> dict[str, float]:
     return {"train_help_s": help_s, "compose_config_s": time.perf_counter() - start}
 
 
+def phase_cost_row(
+    profile: list[str], overrides: list[str], repeats: int, lines: list[str]
+) -> dict:
+    """Phase 2 / phase 3 cost per image through the framework, beside the kernels' floor."""
+    cfg = compose_profile(profile, *overrides)
+    row = training.phase2_cost_vs_phase3(cfg, repeats)
+    row["breakdown"] = training.phase_step_breakdown(cfg, repeats)
+    row["overrides"] = overrides
+    label = " ".join(
+        [row["backbone"], *(o.removeprefix("backbone.net.") for o in overrides if "net." in o)]
+    )
+    lines.append(
+        f"| phase 2 cost per image / phase 3, {label} | "
+        f"{row['phase2_cost_vs_phase3']:.2f} | "
+        f"{row['breakdown']['kernel_floor_phase2_vs_phase3']:.2f} (plain steps) | |"
+    )
+    return row
+
+
 def machine() -> dict[str, str | int]:
     return {
         "platform": platform.platform(),
@@ -66,6 +90,16 @@ def machine() -> dict[str, str | int]:
     }
 
 
+def new_result_path(out_dir: Path, stem: str) -> Path:
+    """``<out_dir>/<stem>.json``, or ``<stem>-<n>.json`` where a result of that name exists."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path, count = out_dir / f"{stem}.json", 0
+    while path.exists():
+        count += 1
+        path = out_dir / f"{stem}-{count}.json"
+    return path
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", action="store_true", help="real sizes, bf16, on a GPU")
@@ -75,11 +109,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tile-batch", type=int, default=1)
     parser.add_argument(
         "--phase-backbones", nargs="*", default=["unetpp", "micronet"],
-        help="also time phases 2 and 3 with these stage-1 backbones (paper widths)",
+        help="also time phases 2 and 3 with these stage-1 backbones (paper widths; "
+        "Micro-Net at quarter width without --gpu)",
     )  # fmt: skip
     parser.add_argument("--skip", nargs="*", default=[], choices=["train", "loader", "infer"])
+    parser.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE",
+        help="Hydra overrides added to the profile, e.g. size=small backbone=unetpp",
+    )  # fmt: skip
+    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args(argv)
-    profile = GPU_PROFILE if args.gpu else CPU_PROFILE
+    profile = [*(GPU_PROFILE if args.gpu else CPU_PROFILE), *args.set]
     cfg = compose_profile(profile)
     now = dt.datetime.now()
     report: dict = {"machine": machine(), "profile": profile, "date": now.isoformat(" ", "seconds")}
@@ -91,19 +131,18 @@ def main(argv: list[str] | None = None) -> dict:
                 f"| train {row['phase']} (images/s) | {row['framework_images_per_s']:.2f} | "
                 f"{row['plain_images_per_s']:.2f} | {row['ratio']:.3f} |"
             )
-        p2, p3 = report["training"][1], report["training"][2]
-        share = p3["framework_images_per_s"] / p2["framework_images_per_s"]
-        report["phase2_cost_vs_phase3"] = share
-        lines.append(f"| phase 2 cost per image / phase 3, U-Net | {share:.2f} | | |")
-        report["phase_cost_by_backbone"] = []
-        for backbone in args.phase_backbones:  # fewer images: Micro-Net is large at paper width
-            bcfg = compose_profile(profile, f"backbone={backbone}", PHASE_COST_IMAGES)
-            row = training.phase2_cost_vs_phase3(bcfg, max(1, args.repeats // 2))
-            report["phase_cost_by_backbone"].append(row)
-            lines.append(
-                f"| phase 2 cost per image / phase 3, {backbone} | "
-                f"{row['phase2_cost_vs_phase3']:.2f} | | |"
+        cpu_overrides = {} if args.gpu else CPU_PHASE_OVERRIDES
+        report["phase_cost_by_backbone"] = [
+            phase_cost_row(profile, [], args.repeats, lines)  # the profile's backbone
+        ] + [  # fewer images for the others: Micro-Net is large at paper width
+            phase_cost_row(
+                profile,
+                [f"backbone={name}", PHASE_COST_IMAGES, *cpu_overrides.get(name, [])],
+                max(2, args.repeats // 2),
+                lines,
             )
+            for name in args.phase_backbones
+        ]
     if args.gpu and "train" not in args.skip:  # a training step in bf16 vs fp32
         report["precision"] = {}
         for precision in ("bf16-mixed", "32-true"):
@@ -132,9 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     lines.append(f"| `nucleiseg.train --help` (s) | {report['startup']['train_help_s']:.2f} | | |")
     lines.append(f"| compose config (s) | {report['startup']['compose_config_s']:.3f} | | |")
     print("\n".join(lines))
-    out = ROOT / "benchmarks" / "results" / f"{now:%Y-%m-%d_%H-%M-%S}.json"  # never overwrites
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = new_result_path(args.out_dir, f"{now:%Y-%m-%d_%H-%M-%S}")
+    with out.open("x") as file:  # "x": an earlier result is never overwritten
+        file.write(json.dumps(report, indent=2) + "\n")
     print(f"written to {out}")
     return report
 

@@ -84,7 +84,8 @@ def phase_setup(cfg) -> tuple[list, Any, dict]:
 
 
 def compare_phase(cfg, phase_index: int, repeats: int) -> dict[str, Any]:
-    """Alternate framework and plain runs of one phase; medians of steady-state images/s.
+    """Alternate framework and plain runs of one phase; medians of steady-state images/s and
+    of the per-round framework / plain ratio.
 
     Each run starts as a phase does (a fresh optimizer) and times its second epoch, so the
     optimizer's first-step allocations and the fit's start-up weigh on neither side.
@@ -110,7 +111,10 @@ def compare_phase(cfg, phase_index: int, repeats: int) -> dict[str, Any]:
         "phase": phase.name,
         "framework_images_per_s": statistics.median(framework),
         "plain_images_per_s": statistics.median(plain),
-        "ratio": statistics.median(framework) / statistics.median(plain),
+        # each round's pair ran back to back: the median of their ratios shrugs off drift
+        "ratio": statistics.median(f / p for f, p in zip(framework, plain, strict=True)),
+        "framework_runs": framework,
+        "plain_runs": plain,
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -118,23 +122,82 @@ def compare_phase(cfg, phase_index: int, repeats: int) -> dict[str, Any]:
 def phase2_cost_vs_phase3(cfg, repeats: int) -> dict[str, Any]:
     """Framework images/s of phases 2 and 3 for one backbone; phase 3's rate over phase 2's.
 
-    Phase 2 adds the enhancer's forward and backward to a no_grad, eval-mode stage-1 forward;
-    phase 3 adds them to stage 1's full forward and backward. So the share falls as stage 1
-    grows relative to the fixed 76,289-weight, full-resolution enhancer.
+    The two phases' epochs alternate round after round, so drift in the machine's speed
+    (minutes-long swings of 30 % on shared CPUs) hits both alike. Phase 2 adds the enhancer's
+    forward and backward to a no_grad, eval-mode stage-1 forward; phase 3 adds them to stage
+    1's full forward and backward. So the share falls as stage 1 grows relative to the fixed
+    76,289-weight, full-resolution enhancer.
     """
     phases, datamodule, modules = phase_setup(cfg)
-    rates = {}
-    for index in (1, 2):
-        phase = phases[index]
-        runs = [
-            lightning_epoch(cfg, modules[phase.module], datamodule, phase, index)
-            for _ in range(repeats)
-        ]
-        rates[phase.name] = statistics.median(images / seconds for seconds, images in runs)
-    enhance, finetune = (rates[phases[i].name] for i in (1, 2))
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(repeats):
+        for index in rates:
+            phase = phases[index]
+            seconds, images = lightning_epoch(cfg, modules[phase.module], datamodule, phase, index)
+            rates[index].append(images / seconds)
+    enhance, finetune = (statistics.median(rates[i]) for i in (1, 2))
     return {
         "backbone": cfg.backbone.name,
         "phase2_images_per_s": enhance,
         "phase3_images_per_s": finetune,
         "phase2_cost_vs_phase3": finetune / enhance,
+    }
+
+
+def interleaved_ms(steps: dict[str, Any], repeats: int) -> dict[str, float]:
+    """Median wall time (ms) of each step, run in turn round after round, so drift in the
+    machine's speed hits them all alike; two warm-up rounds first."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for round_index in range(repeats + 2):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            if round_index >= 2:
+                times[name].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(values) for name, values in times.items()}
+
+
+def phase_step_breakdown(cfg, repeats: int) -> dict[str, Any]:
+    """Where a step of phases 2 and 3 spends its time, in plain PyTorch on one training batch.
+
+    Phase 2 = stage 1's no_grad forward + the enhancer's forward and backward; phase 3 = the
+    forward and backward of both. Their ratio is the share no training loop can beat with
+    these kernels: compare it with the framework's measured phase 2 / phase 3 cost.
+    """
+    phases, datamodule, modules = phase_setup(cfg)
+    module = modules["two_stage"]
+    batch = next(iter(datamodule.train_dataloader()))
+    image, mask = batch["image"], batch["mask"]
+    memory_format = torch.channels_last if cfg.get("channels_last") else torch.preserve_format
+    image = image.contiguous(memory_format=memory_format)
+    enhancer_params = list(module.enhancer.parameters())
+    all_params = list(module.parameters())
+
+    def stage1_forward() -> torch.Tensor:
+        with torch.no_grad():
+            module.stage1.eval()
+            return module.stage1(image)
+
+    enhancer_input = torch.cat([image, torch.sigmoid(stage1_forward())], dim=1)
+
+    def enhancer_step() -> None:  # phase 2's trainable part: grads for the enhancer only
+        loss = module.loss({"two_stage": module.enhancer(enhancer_input)}, mask)
+        torch.autograd.grad(loss, enhancer_params)
+
+    def finetune_step() -> None:  # phase 3: both networks, stage 1 in train mode
+        module.stage1.train()
+        logits, extra = module.compute_outputs(image, mask)
+        torch.autograd.grad(module.loss(logits, mask) + extra, all_params, allow_unused=True)
+
+    apply_phase(module, phases[2])  # everything trainable; each step picks its own grads
+    ms = interleaved_ms(
+        {"stage1": stage1_forward, "enhancer": enhancer_step, "both": finetune_step}, repeats
+    )
+    return {
+        "backbone": cfg.backbone.name,
+        "batch_size": len(image),
+        "stage1_no_grad_forward_ms": ms["stage1"],
+        "enhancer_forward_backward_ms": ms["enhancer"],
+        "both_forward_backward_ms": ms["both"],
+        "kernel_floor_phase2_vs_phase3": (ms["stage1"] + ms["enhancer"]) / ms["both"],
     }

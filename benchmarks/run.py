@@ -73,7 +73,7 @@ def phase_cost_row(
     lines.append(
         f"| phase 2 cost per image / phase 3, {label} | "
         f"{row['phase2_cost_vs_phase3']:.2f} | "
-        f"{row['breakdown']['kernel_floor_phase2_vs_phase3']:.2f} (plain steps) | |"
+        f"{row['breakdown']['kernel_floor_phase2_vs_phase3']:.2f} (bare steps) | |"
     )
     return row
 

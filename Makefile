@@ -6,7 +6,7 @@ DATA ?= data
 SEEDS ?= 0,1,2
 LOGGER ?= csv
 
-.PHONY: help install test lint format train smoke sweep paper report bench study clean
+.PHONY: help install test lint format train smoke sweep paper report bench gpu-check study clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ study:  ## CPU-scale TNBC study: 3 backbones x (two-stage + 3 controls) x 3 seed
 
 bench:  ## benchmarks: framework vs plain loop, phases, loader, tiled inference, start-up
 	$(PYTHON) -m benchmarks.run
+
+gpu-check:  ## on a GPU machine: bf16/compile/DDP smoke runs, FLOPs and MFU, GPU benchmarks (TNBC=<root> adds the sweep)
+	$(PYTHON) -m benchmarks.gpu_check $(if $(TNBC),--tnbc-root $(TNBC),)
 
 clean:  ## remove run outputs and caches (keeps multirun_outputs/.gitkeep)
 	rm -rf outputs lightning_logs .pytest_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -13,8 +14,9 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
-from nucleiseg.callbacks.phase_controller import apply_phase
-from nucleiseg.training import build_modules, build_phases, phase_trainer
+from nucleiseg.builders import build_modules
+from nucleiseg.phase_runner import run_phase
+from nucleiseg.phases import build_phases
 
 
 class EpochTimer(Callback):
@@ -43,18 +45,32 @@ class EpochTimer(Callback):
         self._stop()
 
 
-def plain_epoch(module, loader, optimizer) -> tuple[float, int]:
-    """The same steps without Lightning: forward, BCE, backward, Adam."""
+def plain_epoch(module, loader, optimizer, precision: str = "32-true") -> tuple[float, int]:
+    """The same steps without Lightning: forward, BCE, backward, Adam, on the module's device;
+    under bf16 autocast where ``precision`` is Lightning's ``bf16-mixed``."""
     module.train()
+    device = next(module.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in precision)
     images, start = 0, time.perf_counter()
     for batch in loader:
+        image, mask = batch["image"].to(device), batch["mask"].to(device)
         optimizer.zero_grad(set_to_none=True)
-        logits, extra = module.compute_outputs(batch["image"], batch["mask"])
-        loss = module.loss(logits, batch["mask"]) + extra
+        with autocast:
+            logits, extra = module.compute_outputs(image, mask)
+            loss = module.loss(logits, mask) + extra
         loss.backward()
         optimizer.step()
-        images += len(batch["image"])
+        images += len(image)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start, images
+
+
+def trainer_device(cfg) -> torch.device:
+    """Where the plain loop runs: the GPU where the Trainer's accelerator is one."""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
 
 
 def lightning_epoch(cfg, module, datamodule, phase, index) -> tuple[float, int]:
@@ -62,18 +78,17 @@ def lightning_epoch(cfg, module, datamodule, phase, index) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as run_dir:
         timer = EpochTimer()
         loggers = [instantiate(c, save_dir=run_dir) for c in cfg.logger.values()]
-        trainer, _, _ = phase_trainer(cfg, phase, index, Path(run_dir), loggers)
-        trainer.callbacks.append(timer)
-        trainer.fit_loop.max_epochs = 2
-        trainer.fit(module, datamodule=datamodule)
+        two_epochs = dataclasses.replace(phase, max_epochs=2, min_epochs=2)
+        run_phase(cfg, two_epochs, index, module, datamodule, Path(run_dir), loggers,
+                  extra_callbacks=[timer], test=False)  # fmt: skip
         return timer.seconds[1], timer.images
 
 
-def plain_phase_epoch(module, loader) -> tuple[float, int]:
+def plain_phase_epoch(module, loader, precision: str = "32-true") -> tuple[float, int]:
     """The plain loop's equivalent: a fresh Adam, two epochs, the second one timed."""
     optimizer = module.configure_optimizers()
-    plain_epoch(module, loader, optimizer)
-    return plain_epoch(module, loader, optimizer)
+    plain_epoch(module, loader, optimizer, precision)
+    return plain_epoch(module, loader, optimizer, precision)
 
 
 def phase_setup(cfg) -> tuple[list, Any, dict]:
@@ -93,8 +108,9 @@ def compare_phase(cfg, phase_index: int, repeats: int) -> dict[str, Any]:
     phases, datamodule, modules = phase_setup(cfg)
     phase = phases[phase_index]
     framework_module = modules[phase.module]
-    plain_module = copy.deepcopy(framework_module)
-    apply_phase(plain_module, phase)
+    plain_module = copy.deepcopy(framework_module).to(trainer_device(cfg))
+    plain_module.configure_phase(phase)
+    precision = str(cfg.trainer.get("precision", "32-true"))
     loader = datamodule.train_dataloader()
     framework, plain = [], []
     for repeat in range(repeats):  # alternate which goes first, so drift hits both alike
@@ -105,7 +121,7 @@ def compare_phase(cfg, phase_index: int, repeats: int) -> dict[str, Any]:
                 )
                 framework.append(images / seconds)
             else:
-                seconds, images = plain_phase_epoch(plain_module, loader)
+                seconds, images = plain_phase_epoch(plain_module, loader, precision)
                 plain.append(images / seconds)
     return {
         "phase": phase.name,
@@ -189,7 +205,7 @@ def phase_step_breakdown(cfg, repeats: int) -> dict[str, Any]:
         logits, extra = module.compute_outputs(image, mask)
         torch.autograd.grad(module.loss(logits, mask) + extra, all_params, allow_unused=True)
 
-    apply_phase(module, phases[2])  # everything trainable; each step picks its own grads
+    module.configure_phase(phases[2])  # everything trainable; each step picks its own grads
     ms = interleaved_ms(
         {"stage1": stage1_forward, "enhancer": enhancer_step, "both": finetune_step}, repeats
     )

@@ -19,7 +19,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from nucleiseg.data.whole import WholeDataset
     from nucleiseg.inference.loading import load_model
-    from nucleiseg.training import write_json_atomic
+    from nucleiseg.run_dir import write_json_atomic
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "images": len(datamodule.samples["test"]),
         "output": output,
         "status": "finished",
-        "test": module.last_metrics["test"],
+        "test": module.split_results("test"),
     }
     write_json_atomic(run_dir / "results.json", results)
     return results

@@ -18,10 +18,10 @@ def main(cfg: DictConfig) -> None:
     import logging
     from pathlib import Path
 
-    from nucleiseg.inference.instances import InstanceSettings
     from nucleiseg.inference.loading import load_model
     from nucleiseg.inference.predictor import expand_inputs, predict_files
     from nucleiseg.inference.tiling import module_predictor
+    from nucleiseg.postprocess import InstanceSettings
 
     log = logging.getLogger("nucleiseg.predict")
     module, output = load_model(cfg.ckpt, cfg.device)
@@ -38,11 +38,14 @@ def main(cfg: DictConfig) -> None:
         tta=cfg.tta,
         device=cfg.device,
         save_probability=cfg.save_probability,
+        overwrite=cfg.overwrite,
+        max_pixels=int(cfg.max_pixels),
         **cfg.tiling,
     )
     log.info("%d files written to %s", len(report.written), cfg.output)
     if report.failed:
-        log.error("%d input(s) failed: %s", len(report.failed), [str(p) for p, _ in report.failed])
+        summary = "\n".join(f"  {path}: {reason}" for path, reason in report.failed)
+        log.error("%d input(s) failed:\n%s", len(report.failed), summary)
         sys.exit(1)
 
 

@@ -35,12 +35,16 @@ PAPER_DICE = {
 class Sweep:
     finished: list[dict[str, Any]] = field(default_factory=list)
     incomplete: list[tuple[Path, str]] = field(default_factory=list)  # (job dir, why)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (results.json, why)
 
 
 def dataset_label(run: dict[str, Any]) -> str:
     """The dataset, with its split when not the paper's image-level one."""
     split = run.get("split_by", "image")
     return run["dataset"] if split in (None, "image") else f"{run['dataset']} ({split} split)"
+
+
+TRAINING_KEYS = ("dataset", "backbone", "stage", "seed", "status", "test", "phases")
 
 
 def find_runs(sweep_dir: Path) -> Sweep:
@@ -52,17 +56,22 @@ def find_runs(sweep_dir: Path) -> Sweep:
     for job in sorted(job_dirs):
         path = job / "results.json"
         if not path.is_file():
-            failure = job / "failure.json"
-            why = (
-                json.loads(failure.read_text()).get("error", "failed")
-                if failure.is_file()
-                else ("no results.json (failed or still running)")
-            )
-            sweep.incomplete.append((job, why))
+            sweep.incomplete.append((job, "no results.json (failed or still running)"))
             continue
-        results = json.loads(path.read_text())
+        try:
+            results = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            sweep.unreadable.append((path, f"{type(err).__name__}: {err}"))
+            continue
+        missing = [k for k in TRAINING_KEYS if not isinstance(results, dict) or k not in results]
+        if missing:  # an evaluate result, or a file of another tool
+            sweep.unreadable.append((path, f"not a training run's results (no {missing})"))
+            continue
         if results.get("status") != "finished":
-            sweep.incomplete.append((job, f"status '{results.get('status')}'"))
+            why = f"status '{results.get('status')}'"
+            if results.get("error"):
+                why += f": {results['error']}"
+            sweep.incomplete.append((job, why))
             continue
         results["run_dir"] = str(job)
         results["dataset_label"] = dataset_label(results)
@@ -223,6 +232,10 @@ def markdown(rows: list[dict[str, Any]], sweep: Sweep) -> str:
         lines += ["### failed or unfinished runs", ""]
         lines += [f"- `{job}`: {why}" for job, why in sweep.incomplete]
         lines.append("")
+    if sweep.unreadable:
+        lines += ["### unreadable or foreign results.json (left out)", ""]
+        lines += [f"- `{path}`: {why}" for path, why in sweep.unreadable]
+        lines.append("")
     lines.append(
         "† = with the enhancement network (two-stage). Mean ± std over seeds; "
         "pixel metrics micro-averaged over the test split."
@@ -309,7 +322,7 @@ def report(sweep_dir: str | Path) -> str:
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep dir '{sweep_dir}' does not exist")
     sweep = find_runs(sweep_dir)
-    if not sweep.finished and not sweep.incomplete:
+    if not sweep.finished and not sweep.incomplete and not sweep.unreadable:
         raise FileNotFoundError(
             f"no runs under '{sweep_dir}': expected job dirs with results.json "
             "(python -m nucleiseg.train -m ...)"

@@ -43,6 +43,7 @@ def prepare_job(cfg: DictConfig) -> None:
                 cfg.trainer.devices = [hydra_cfg.job.num % torch.cuda.device_count()]
 
 
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "GLOBAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -63,6 +64,7 @@ def end_distributed_job() -> None:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from nucleiseg.training import RunExistsError, train  # heavy imports stay out of --help
 
@@ -70,6 +72,11 @@ def main(cfg: DictConfig) -> None:
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         train(cfg)
+    except SIGTERMException as err:
+        # Lightning's SIGTERMException is a SystemExit without a code (exit status 0): a
+        # preempted run must not look like a finished one to a scheduler or a script
+        log.error("stopped by SIGTERM; a resumable checkpoint was saved (resume=auto)")
+        raise SystemExit(PREEMPTED_EXIT_CODE) from err
     except (Exception, RunExistsError) as err:
         if not multirun:
             raise

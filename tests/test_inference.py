@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from nucleiseg.inference.instances import (
+from nucleiseg.inference.loading import CheckpointError, load_model
+from nucleiseg.inference.tiling import dihedral_tta, predict_tiled, predict_whole
+from nucleiseg.postprocess import (
     InstanceSettings,
     describe_nuclei,
     instances_from_mask,
 )
-from nucleiseg.inference.loading import CheckpointError, load_model
-from nucleiseg.inference.tiling import dihedral_tta, predict_tiled, predict_whole
 
 from conftest import ROOT
 

@@ -1,4 +1,4 @@
-"""Phase control: freezing, eval mode, fresh optimizers, early stopping, best-weight hand-over."""
+"""Phases: what each one trains, in which mode, from which weights, with which optimizer."""
 
 from __future__ import annotations
 
@@ -6,11 +6,17 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
+from omegaconf import open_dict
 
-from nucleiseg.callbacks.phase_controller import Phase, PhaseController, apply_phase
-from nucleiseg.training import build_modules, build_phases, phase_trainer, train
+from nucleiseg.builders import build_modules
+from nucleiseg.callbacks.phase_controller import PhaseController
+from nucleiseg.phase_runner import run_phase
+from nucleiseg.phases import Phase, build_phases
+from nucleiseg.training import train
 
 from conftest import compose_config, smoke_overrides
+
+NORM_OR_DROPOUT = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd)
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -18,9 +24,113 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
-    after = module.state_dict()
+def changed(
+    before: dict[str, torch.Tensor], after: torch.nn.Module | dict[str, torch.Tensor]
+) -> set[str]:
+    """Keys whose floating-point values differ between two snapshots (or a module now)."""
+    after = after.state_dict() if isinstance(after, torch.nn.Module) else after
     return {k for k, v in before.items() if v.is_floating_point() and not torch.equal(v, after[k])}
+
+
+def running_stats(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if "running_mean" in k or "running_var" in k}
+
+
+class PhaseRecorder(Callback):
+    """At the first training batch of each phase: the train mode of every BatchNorm and
+    dropout layer of each part, the stage-1 weights; at the phase's end, stage-1 BatchNorm
+    running statistics. Phases build fresh callbacks, so records go to a class-level dict."""
+
+    records: dict[str, dict] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx != 0 or trainer.current_epoch != 0:
+            return
+        layers = {
+            name: [m.training for m in part.modules() if isinstance(m, NORM_OR_DROPOUT)]
+            for name, part in pl_module.parts.items()
+        }
+        self.records[pl_module.phase] = {
+            "layers": layers,
+            "parts_training": {n: p.training for n, p in pl_module.parts.items()},
+            "stage1_start": snapshot(pl_module.stage1),
+        }
+
+    def on_train_end(self, trainer, pl_module):
+        self.records[pl_module.phase]["stage1_end"] = snapshot(pl_module.stage1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["unet", "micronet"])
+def test_each_phase_trains_its_parts_in_train_mode_and_keeps_frozen_ones_in_eval(
+    backbone, tmp_path
+):
+    PhaseRecorder.records.clear()
+    overrides = [f"backbone={backbone}", "+callbacks.record._target_=test_phases.PhaseRecorder"]
+    results = train(compose_config(smoke_overrides(*overrides), tmp_path))
+    assert results["status"] == "finished"
+    rec = PhaseRecorder.records
+    assert list(rec) == ["stage1", "enhance", "finetune"]
+    stage1_layers = rec["stage1"]["layers"]["stage1"]
+    assert len(stage1_layers) > 0  # the backbone has BatchNorm (and Micro-Net dropout)
+    assert all(rec["stage1"]["layers"]["stage1"]), "phase 1: stage 1 must be in train mode"
+    assert not any(rec["enhance"]["layers"]["stage1"]), "phase 2: frozen stage 1 in eval mode"
+    assert rec["enhance"]["parts_training"] == {"stage1": False, "enhancer": True}
+    finetune_training = rec["finetune"]["layers"]["stage1"]
+    print(f"phase 3: {sum(finetune_training)} of {len(finetune_training)} stage-1 BatchNorm/"
+          "dropout layers in train mode at the first batch")  # fmt: skip
+    assert all(finetune_training), "phase 3: stage 1 must be fine-tuned in train mode"
+    assert rec["finetune"]["parts_training"] == {"stage1": True, "enhancer": True}
+    # BatchNorm running statistics: fixed in phase 2, updated in phase 3
+    enhance, finetune = rec["enhance"], rec["finetune"]
+    assert changed(running_stats(enhance["stage1_start"]), enhance["stage1_end"]) == set()
+    stats = running_stats(finetune["stage1_start"])
+    assert changed(stats, finetune["stage1_end"]) == set(stats)
+
+
+class WreckStage1FromEpoch(Callback):
+    """From epoch ``epoch`` of phase ``stage1`` on, adds large noise to stage-1 weights before
+    validation: the later epochs validate worse, so the best epoch comes before the last."""
+
+    def __init__(self, epoch: int = 2) -> None:
+        self.epoch = epoch
+
+    def on_validation_start(self, trainer, pl_module):
+        if pl_module.phase == "stage1" and trainer.current_epoch >= self.epoch:
+            generator = torch.Generator().manual_seed(trainer.current_epoch)
+            with torch.no_grad():
+                for p in pl_module.stage1.parameters():
+                    p.add_(torch.randn(p.shape, generator=generator) * 0.2)
+
+
+@pytest.mark.slow
+def test_next_phase_starts_from_the_best_not_the_last_epoch(tmp_path):
+    PhaseRecorder.records.clear()
+    cfg = compose_config(
+        smoke_overrides(
+            "stage.max_epochs=4",
+            "stage.patience=10",
+            "~stage.phases.finetune",
+            "+callbacks.wreck._target_=test_phases.WreckStage1FromEpoch",
+            "+callbacks.record._target_=test_phases.PhaseRecorder",
+        ),  # fmt: skip
+        tmp_path,
+    )
+    results = train(cfg)
+    first = results["phases"][0]
+    assert first["epochs"] == 4 and first["stop_reason"] == "max_epochs"
+    assert first["best_epoch"] < first["epochs"] - 1  # the best precedes the last
+
+    def stage1_weights(path):
+        state = torch.load(path, weights_only=True)["state_dict"]
+        return {k[len("stage1.") :]: v for k, v in state.items() if k.startswith("stage1.")}
+
+    best = stage1_weights(tmp_path / first["best_checkpoint"])
+    last = stage1_weights(tmp_path / "checkpoints" / "stage1" / "last.ckpt")
+    started = PhaseRecorder.records["enhance"]["stage1_start"]
+    assert best.keys() == started.keys()
+    assert all(torch.equal(best[k], started[k]) for k in best)
+    assert not all(torch.equal(last[k], started[k]) for k in last)
 
 
 @pytest.fixture
@@ -31,12 +141,25 @@ def setup(tmp_path):
     return cfg, modules, datamodule, build_phases(cfg)
 
 
-def fit_phase(cfg, module, datamodule, phase, index, run_dir, extra=()):
-    trainer, checkpoint, early_stopping = phase_trainer(cfg, phase, index, run_dir, [])
-    trainer.callbacks.extend(extra)
-    apply_phase(module, phase)
-    trainer.fit(module, datamodule=datamodule)
-    return trainer
+def test_phase2_leaves_stage1_weights_and_batchnorm_buffers_untouched(setup, tmp_path):
+    cfg, modules, dm, phases = setup
+    two_stage = modules["two_stage"]
+    stage1_before, enhancer_before = snapshot(two_stage.stage1), snapshot(two_stage.enhancer)
+    assert any("running_mean" in k for k in stage1_before)  # the small U-Net has BatchNorm
+    run_phase(cfg, phases[1], 1, two_stage, dm, tmp_path, test=False)
+    assert changed(stage1_before, two_stage.stage1) == set()
+    assert changed(enhancer_before, two_stage.enhancer) == set(enhancer_before)
+
+
+def test_phase3_after_phase2_trains_stage1_weights_and_batchnorm_statistics(setup, tmp_path):
+    cfg, modules, dm, phases = setup
+    two_stage = modules["two_stage"]
+    run_phase(cfg, phases[1], 1, two_stage, dm, tmp_path / "p2", test=False)
+    stage1_before, enhancer_before = snapshot(two_stage.stage1), snapshot(two_stage.enhancer)
+    run_phase(cfg, phases[2], 2, two_stage, dm, tmp_path / "p3", test=False)
+    assert any("weight" in k for k in changed(stage1_before, two_stage.stage1))
+    assert any("running_mean" in k for k in changed(stage1_before, two_stage.stage1))
+    assert changed(enhancer_before, two_stage.enhancer) == set(enhancer_before)
 
 
 class ModeRecorder(Callback):
@@ -56,39 +179,33 @@ class ModeRecorder(Callback):
         self.stage1_training.append(pl_module.stage1.training)
 
 
-def test_phase2_leaves_stage1_weights_and_batchnorm_buffers_untouched(setup, tmp_path):
-    cfg, modules, dm, phases = setup
-    two_stage = modules["two_stage"]
-    stage1_before, enhancer_before = snapshot(two_stage.stage1), snapshot(two_stage.enhancer)
-    assert any("running_mean" in k for k in stage1_before)  # the small U-Net has BatchNorm
-    fit_phase(cfg, two_stage, dm, phases[1], 1, tmp_path)
-    assert changed(stage1_before, two_stage.stage1) == set()
-    assert changed(enhancer_before, two_stage.enhancer) == set(enhancer_before)
-
-
-def test_phase3_trains_stage1_and_enhancer(setup, tmp_path):
-    cfg, modules, dm, phases = setup
-    two_stage = modules["two_stage"]
-    stage1_before, enhancer_before = snapshot(two_stage.stage1), snapshot(two_stage.enhancer)
-    fit_phase(cfg, two_stage, dm, phases[2], 2, tmp_path)
-    assert any("weight" in k for k in changed(stage1_before, two_stage.stage1))
-    assert any("running_mean" in k for k in changed(stage1_before, two_stage.stage1))
-    assert changed(enhancer_before, two_stage.enhancer) == set(enhancer_before)
-
-
 def test_frozen_stage1_stays_in_eval_mode_across_validation(setup, tmp_path):
     cfg, modules, dm, phases = setup
     recorder = ModeRecorder()
-    fit_phase(cfg, modules["two_stage"], dm, phases[1], 1, tmp_path, [recorder])
+    run_phase(cfg, phases[1], 1, modules["two_stage"], dm, tmp_path, extra_callbacks=[recorder],
+              test=False)  # fmt: skip
     assert len(recorder.stage1_training) == 4  # two epochs, validation between them
     assert not any(recorder.stage1_training)
+
+
+def test_train_mode_keeps_frozen_parts_in_eval(setup):
+    _, modules, _, phases = setup
+    two_stage = modules["two_stage"]
+    two_stage.configure_phase(phases[1])
+    two_stage.eval()
+    two_stage.train()  # what Lightning does around validation
+    assert not two_stage.stage1.training and two_stage.enhancer.training
+    assert not any(p.requires_grad for p in two_stage.stage1.parameters())
+    two_stage.configure_phase(phases[2])
+    assert two_stage.stage1.training and all(p.requires_grad for p in two_stage.parameters())
 
 
 def test_each_phase_gets_a_fresh_optimizer_over_its_trainable_weights(setup, tmp_path):
     cfg, modules, dm, phases = setup
     recorder = ModeRecorder()
     for index, phase in enumerate(phases):
-        fit_phase(cfg, modules[phase.module], dm, phase, index, tmp_path / phase.name, [recorder])
+        run_phase(cfg, phase, index, modules[phase.module], dm, tmp_path / phase.name,
+                  extra_callbacks=[recorder], test=False)  # fmt: skip
     stage1_ids = {id(p) for p in modules["two_stage"].stage1.parameters()}
     enhancer_ids = {id(p) for p in modules["two_stage"].enhancer.parameters()}
     assert recorder.optimized == [stage1_ids, enhancer_ids, stage1_ids | enhancer_ids]
@@ -102,7 +219,7 @@ def test_finetune_lr_sets_the_learning_rate_of_the_continuing_phases_only(tmp_pa
     modules, phases = build_modules(cfg), build_phases(cfg)
     rates = []
     for phase in phases:
-        apply_phase(modules[phase.module], phase)
+        modules[phase.module].configure_phase(phase)
         rates.append(modules[phase.module].configure_optimizers().defaults["lr"])
     assert [p.name for p in phases] == ["stage1", "enhance", "finetune"]
     assert rates == [0.002, 0.002, 0.0002]
@@ -112,10 +229,11 @@ def test_finetune_lr_sets_the_learning_rate_of_the_continuing_phases_only(tmp_pa
 
 def test_checkpoints_record_their_phase_and_refuse_another(setup, tmp_path):
     cfg, modules, dm, phases = setup
-    fit_phase(cfg, modules["two_stage"], dm, phases[1], 1, tmp_path)
-    ckpt = torch.load(tmp_path / "checkpoints" / "enhance" / "last.ckpt", weights_only=False)
+    run_phase(cfg, phases[1], 1, modules["two_stage"], dm, tmp_path, test=False)
+    ckpt = torch.load(tmp_path / "checkpoints" / "enhance" / "last.ckpt", weights_only=True)
     state = ckpt["callbacks"]["PhaseController"]
     assert state["phase"]["name"] == "enhance" and state["index"] == 1
+    assert "augmentation" in ckpt["NucleiDataModule"]  # the datamodule owns its random state
     with pytest.raises(ValueError, match="written in phase 'enhance'"):
         PhaseController(phases[2], 2).load_state_dict(state)
 
@@ -125,36 +243,9 @@ def test_phase_rejects_unknown_parts():
         Phase(name="x", module="two_stage", trainable=["decoder"])
 
 
-class ShiftStage1AtTrainEnd(Callback):
-    """Moves stage-1 weights after a fit's last checkpoint: only a restore can undo it."""
-
-    def on_train_end(self, trainer, pl_module):
-        with torch.no_grad():
-            for p in pl_module.stage1.parameters():
-                p.add_(1.0)
-
-
-def test_phase_ends_by_early_stopping_and_next_starts_from_its_best_weights(tmp_path):
-    # a min_delta of 10 means no epoch improves enough, so early stopping ends phase 1
-    cfg = compose_config(
-        smoke_overrides(
-            "stage.max_epochs=6",
-            "stage.patience=2",
-            "callbacks.early_stopping.min_delta=10",
-            "+callbacks.shift._target_=test_phases.ShiftStage1AtTrainEnd",
-        ),
-        tmp_path,
-    )
-    cfg.stage.phases = cfg.stage.phases[:2]
-    results = train(cfg)
-    first = results["phases"][0]
-    assert first["stop_reason"] == "early_stopping" and first["epochs"] == 3
-
-    def stage1_weights(path):
-        state = torch.load(path, weights_only=True)["state_dict"]
-        return {k: v for k, v in state.items() if k.startswith("stage1.")}
-
-    best = stage1_weights(tmp_path / "checkpoints" / "stage1" / "best.ckpt")
-    handed_over = stage1_weights(tmp_path / "checkpoints" / "enhance" / "last.ckpt")
-    assert best.keys() == handed_over.keys()
-    assert all(torch.equal(best[k], handed_over[k]) for k in best)
+def test_a_phase_with_an_unknown_key_names_it(tmp_path):
+    cfg = compose_config(smoke_overrides())
+    with open_dict(cfg):
+        cfg.stage.phases.enhance.patiance = 3
+    with pytest.raises(ValueError, match=r"stage\.phases\.enhance.*patiance"):
+        build_phases(cfg)

@@ -51,6 +51,15 @@ def test_ddp_on_two_cpu_processes_matches_one_process(tmp_path):
         assert b["best_val_loss"] == pytest.approx(a["best_val_loss"], abs=5e-3)
     for output in ("stage1", "stage2_frozen", "two_stage"):
         assert two["test"][output]["dice"] == pytest.approx(one["test"][output]["dice"], abs=0.02)
+    # frozen really frozen across ranks: phase 2 leaves stage 1's test output as phase 1 left it
+    after_phase1, after_phase2 = (p["test"]["stage1"] for p in two["phases"][:2])
+    assert after_phase2 == after_phase1
+    # per-image scores come back in dataset order, gathered from both ranks
+    per_image = two["test"]["two_stage"]["per_image"]
+    assert per_image["index"] == list(range(len(per_image["index"])))
+    assert per_image["dice"] == pytest.approx(
+        one["test"]["two_stage"]["per_image"]["dice"], abs=0.05
+    )
     # only rank 0 wrote: one results file, rank 1's log beside rank 0's
     assert sorted(p.name.split("-")[0] for p in ddp.glob("*.log")) == [
         "train", "train_ddp_process_1"

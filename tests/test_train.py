@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from nucleiseg.checkpoints import CheckpointError
+from nucleiseg.phases import build_phases
 from nucleiseg.training import train
 
 from conftest import ROOT, compose_config, smoke_overrides
@@ -31,7 +33,8 @@ def test_smoke_run_writes_results_for_all_three_phases(smoke_run):
     for phase in results["phases"]:
         assert phase["epochs"] >= 1 and phase["best_val_loss"] > 0
         assert phase["stop_reason"] in {"early_stopping", "max_epochs"}
-        assert Path(phase["best_checkpoint"]).is_file()
+        assert not Path(phase["best_checkpoint"]).is_absolute()  # a moved run dir resumes
+        assert (run_dir / phase["best_checkpoint"]).is_file()
     assert set(results["test"]) == {"stage1", "stage2_frozen", "two_stage"}
     for metrics in results["test"].values():
         assert all(0.0 <= metrics[m] <= 1.0 for m in PIXEL)
@@ -80,7 +83,7 @@ def test_enhance_stage_without_checkpoint_names_the_key(tmp_path):
 def test_missing_checkpoint_file_is_named_in_the_error(tmp_path):
     missing = tmp_path / "nope.ckpt"
     cfg = compose_config(smoke_overrides("stage=finetune", f"stage.init_from={missing}"), tmp_path)
-    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+    with pytest.raises(CheckpointError, match="nope.ckpt"):
         train(cfg)
 
 
@@ -95,7 +98,7 @@ def test_base_stage_trains_stage1_only(tmp_path):
 def test_every_backbone_and_stage_composes(backbone, stage):
     cfg = compose_config([f"backbone={backbone}", f"stage={stage}", "stage.init_from=x.ckpt"])
     assert cfg.backbone.name == backbone and cfg.stage.name == stage
-    assert cfg.stage.phases[0].max_epochs == cfg.dataset.schedule.max_epochs
+    assert build_phases(cfg)[0].max_epochs == cfg.dataset.schedule.max_epochs
 
 
 def test_backbone_sweep_runs_three_jobs_at_smoke_size(tmp_path):

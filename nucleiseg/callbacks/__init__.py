@@ -1,5 +1,7 @@
-"""Callbacks that control the paper's training phases."""
+"""Callbacks: the phase driver, resumable random states, preemption checkpoints."""
 
-from nucleiseg.callbacks.phase_controller import Phase, PhaseController, apply_phase
+from nucleiseg.callbacks.phase_controller import PhaseController
+from nucleiseg.callbacks.preemption import PreemptionCheckpoint
+from nucleiseg.callbacks.random_state import RandomStateCheckpoint
 
-__all__ = ["Phase", "PhaseController", "apply_phase"]
+__all__ = ["PhaseController", "PreemptionCheckpoint", "RandomStateCheckpoint"]

@@ -22,6 +22,15 @@ from nucleiseg.data.splits import SPLITS, write_split_file
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
 
+def random_transforms(transform: Any) -> list[Any]:
+    """An albumentations pipeline and every transform in it that owns random generators
+    (each transform keeps its own, so all of them are saved and restored)."""
+    found = [transform] if hasattr(transform, "py_random") else []
+    for child in getattr(transform, "transforms", None) or []:
+        found += random_transforms(child)
+    return found
+
+
 class NucleiSource(Protocol):
     def split(self, name: str) -> SplitSamples: ...
 
@@ -140,6 +149,29 @@ class NucleiDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             drop_last=False,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The augmentation's random generators, checkpointed by Lightning, so a resumed run
+        draws the same crops and flips as an uninterrupted one."""
+        return {
+            "augmentation": [
+                (t.random_generator.bit_generator.state, t.py_random.getstate())
+                for t in random_transforms(self.train_transform)
+            ]
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("augmentation", [])
+        transforms = random_transforms(self.train_transform)
+        if len(saved) != len(transforms):
+            raise ValueError(
+                f"the checkpoint holds {len(saved)} augmentation random states but "
+                f"dataset.datamodule.train_transform has {len(transforms)} random transforms; "
+                "resume with the augmentation the run was started with"
+            )
+        for transform, (numpy_state, python_state) in zip(transforms, saved, strict=True):
+            transform.random_generator.bit_generator.state = numpy_state
+            transform.py_random.setstate(python_state)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -89,7 +90,12 @@ def zenodo_file(api: str, key: str) -> tuple[str, str]:
         record = json.load(response)
     for entry in record.get("files", []):
         if entry.get("key") == key:
-            checksum = entry.get("checksum", "")
+            checksum = str(entry.get("checksum") or "")
+            if not checksum.startswith("md5:") or len(checksum) != len("md5:") + 32:
+                raise DownloadError(
+                    f"Zenodo record {api} gives no MD5 for '{key}' (got {checksum!r}); "
+                    "download it by hand, or pass --url with --md5"
+                )
             return entry["links"]["self"], checksum.removeprefix("md5:")
     raise DownloadError(f"Zenodo record {api} lists no file '{key}'")
 
@@ -108,7 +114,14 @@ def fetch(url: str, target: Path, md5: str | None) -> Path:
         return target
     part = target.with_name(target.name + ".part")
     start = part.stat().st_size if part.is_file() else 0
-    with _open(url, start) as response:
+    try:
+        response = _open(url, start)
+    except urllib.error.HTTPError as err:
+        if err.code != 416 or not start:
+            raise
+        # 416: nothing left past the end of the .part file, so it is complete: verify it
+        return _verified(part, target, md5)
+    with response:
         size = response.headers.get("Content-Length")
         total = int(size) if size else None
         if getattr(response, "status", None) == 206:
@@ -122,6 +135,11 @@ def fetch(url: str, target: Path, md5: str | None) -> Path:
             for chunk in iter(lambda: response.read(CHUNK), b""):
                 out.write(chunk)
                 bar.update(len(chunk))
+    return _verified(part, target, md5)
+
+
+def _verified(part: Path, target: Path, md5: str | None) -> Path:
+    """Check a downloaded ``.part`` against ``md5`` (None: not checked) and move it in place."""
     if md5 is not None:
         got = md5sum(part)
         if got != md5:
@@ -134,20 +152,47 @@ def fetch(url: str, target: Path, md5: str | None) -> Path:
     return target
 
 
-def unpack(archive: Path, dest: Path) -> None:
-    with zipfile.ZipFile(archive) as zf:
-        bad = [n for n in zf.namelist() if n.startswith("/") or ".." in Path(n).parts]
-        if bad:
-            raise DownloadError(f"archive '{archive}' has unsafe paths such as {bad[0]}")
-        zf.extractall(dest)
+def unpack(archive: Path, dest: Path, folder: str) -> None:
+    """Unzip ``archive`` into a temporary folder in ``dest`` and rename its ``folder`` into
+    place: a crash mid-unzip never leaves a half dataset where the next run looks."""
+    staging = dest / f".{folder}.unpacking"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            bad = [n for n in zf.namelist() if n.startswith("/") or ".." in Path(n).parts]
+            if bad:
+                raise DownloadError(f"archive '{archive}' has unsafe paths such as {bad[0]}")
+            zf.extractall(staging)
+        if not (staging / folder).is_dir():
+            raise DownloadError(f"archive '{archive}' holds no folder '{folder}'")
+        (staging / folder).replace(dest / folder)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DownloadError(
+            f"cannot unpack '{archive}' ({type(err).__name__}: {err}); delete it and run the "
+            "command again"
+        ) from err
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def download(
-    dataset: str, dest: str | Path, url: str | None = None, md5: str | None = None
+    dataset: str,
+    dest: str | Path,
+    url: str | None = None,
+    md5: str | None = None,
+    verify: bool = True,
 ) -> Path:
-    """Fetch, verify and unpack ``dataset`` into ``dest``; returns the dataset root."""
+    """Fetch, verify and unpack ``dataset`` into ``dest``; returns the dataset root.
+
+    ``url`` (a mirror) needs its ``md5`` unless ``verify`` is False (``--no-verify``).
+    """
     if dataset not in RELEASES:
         raise DownloadError(f"unknown dataset '{dataset}'; choose from {sorted(RELEASES)}")
+    if url is not None and md5 is None and verify:
+        raise DownloadError(
+            "--url needs --md5 <the archive's MD5> so the download can be verified; pass "
+            "--no-verify to take the file unchecked"
+        )
     release = RELEASES[dataset]
     dest = Path(dest)
     manual = release.manual.format(dest=dest)
@@ -164,7 +209,7 @@ def download(
             f"cannot reach {url or release.api} ({err}); without network access, {manual}"
         ) from err
     if not root.is_dir():
-        unpack(archive, dest)
+        unpack(archive, dest, release.folder)
     if dataset == "tnbc":
         from nucleiseg.data.tnbc import find_tnbc_pairs
 
@@ -180,9 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dest", default="data", help="folder to download into (default data/)")
     parser.add_argument("--url", help="download from this URL instead (e.g. a mirror, file://)")
     parser.add_argument("--md5", help="expected MD5 of the archive given with --url")
+    parser.add_argument(
+        "--no-verify", action="store_true", help="take a --url archive without an MD5 check"
+    )
     args = parser.parse_args(argv)
     try:
-        root = download(args.dataset, args.dest, args.url, args.md5)
+        root = download(args.dataset, args.dest, args.url, args.md5, verify=not args.no_verify)
     except DownloadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

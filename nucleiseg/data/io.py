@@ -41,6 +41,57 @@ def read_array(path: Path) -> np.ndarray:
         ) from err
 
 
+#: Pillow modes that are not RGB pixels as stored: palette, CMYK, YCbCr, 1-bit, gray+alpha
+CONVERT_TO_RGB = ("P", "PA", "CMYK", "YCbCr", "1", "LA", "L", "RGBA", "I;16", "I", "F")
+DEFAULT_MAX_PIXELS = 200_000_000  # ~14k x 14k: the float32 probability alone is 800 MB
+
+
+def read_rgb_image(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An image file as RGB uint8 (H, W, 3), its pixel count checked before decoding.
+
+    Palette, CMYK, YCbCr, 1-bit and gray(+alpha) images go through Pillow's
+    ``convert("RGB")``, so colours come out as they are displayed. TIFFs are read with
+    tifffile (whose header gives the size first); ``.npy`` arrays must already be RGB.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"file '{path}' does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tiff:
+                shape = tiff.pages[0].shape
+                _check_pixels(path, int(np.prod(shape[:2])), max_pixels)
+                return to_rgb(tiff.pages[0].asarray(), path)
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False, mmap_mode="r")
+            _check_pixels(path, int(np.prod(array.shape[:2])), max_pixels)
+            return to_rgb(np.asarray(array), path)
+        with Image.open(path) as image:  # reads the header only
+            _check_pixels(path, image.width * image.height, max_pixels)
+            if image.mode != "RGB":
+                log.info("'%s' is %s; converted to RGB", path, image.mode)
+                image = image.convert("RGB")
+            return np.ascontiguousarray(np.asarray(image))
+    except Image.DecompressionBombError as err:
+        raise DatasetError(f"'{path}' is larger than Pillow's safety limit ({err})") from err
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
+        raise DatasetError(
+            f"cannot read '{path}' ({type(err).__name__}: {err}); the file is corrupt or not "
+            "an image"
+        ) from err
+
+
+def _check_pixels(path: Path, pixels: int, max_pixels: int) -> None:
+    if pixels > max_pixels:
+        raise DatasetError(
+            f"'{path}' has {pixels:,} pixels, more than max_pixels={max_pixels:,}; raise "
+            "max_pixels if the machine has the memory, or split the image"
+        )
+
+
 def to_rgb(array: np.ndarray, path: Path, warn: bool = True) -> np.ndarray:
     """RGB uint8 (H, W, 3) from RGB, RGBA or grayscale input (converted with a warning)."""
     if array.ndim == 2:

@@ -9,6 +9,7 @@ depends on the input size in Python, so it exports for one fixed ``size``.
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -49,9 +50,27 @@ def exported_model(module) -> ExportedModel:
 def export(
     model: ExportedModel, path: str | Path, fmt: str, size: tuple[int, int] | None = None
 ) -> Path:
-    """Write ``model`` as ``fmt`` (``onnx`` or ``torchscript``) and check it against PyTorch."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``model`` as ``fmt`` (``onnx`` or ``torchscript``) and check it against PyTorch.
+
+    The file is written beside ``path`` under a temporary name and renamed over ``path``
+    only once the check passes: a good model already there is never replaced by a failed one.
+    """
+    if fmt not in ("onnx", "torchscript"):
+        raise ValueError(f"unknown format '{fmt}'; use onnx or torchscript")
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    path = final.with_name(f".{final.stem}.partial{final.suffix}")
+    try:
+        _write_and_check(model, path, fmt, size)
+        os.replace(path, final)
+    finally:
+        path.unlink(missing_ok=True)
+    return final
+
+
+def _write_and_check(
+    model: ExportedModel, path: Path, fmt: str, size: tuple[int, int] | None
+) -> None:
     fixed = isinstance(model.stage1, MicroNet)
     if fixed and size is None:
         raise ValueError(
@@ -79,15 +98,12 @@ def export(
             model, (example,), str(path), dynamo=True, dynamic_shapes=dims,
             input_names=["image"], output_names=["probability"],
         )  # fmt: skip
-    else:
-        raise ValueError(f"unknown format '{fmt}'; use onnx or torchscript")
     difference = check_export(model, path, fmt, (2, 3, *check_size))
     if difference > TOLERANCE:
         raise RuntimeError(
             f"the exported {fmt} model differs from PyTorch by {difference:.2e} on a "
-            f"{check_size} input; do not use '{path}'"
+            f"{check_size} input; nothing was written"
         )
-    return path
 
 
 def run_exported(path: Path, fmt: str, image: np.ndarray) -> np.ndarray:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from omegaconf import OmegaConf
 
+from nucleiseg.builders import build_modules
+from nucleiseg.checkpoints import CheckpointError, read_checkpoint, stored_model_config
 from nucleiseg.lightning.base import SegmentationModule
 
-
-class CheckpointError(ValueError):
-    """The checkpoint is missing or was not written by nucleiseg training."""
+__all__ = ["CheckpointError", "load_model"]
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[SegmentationModule, str]:
@@ -20,27 +19,19 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[Segmentatio
     A checkpoint with enhancer weights gives the two-stage model (output ``two_stage``);
     one from phase 1 gives stage 1 alone (output ``stage1``).
     """
-    from nucleiseg.training import build_modules
-
     path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint '{path}' does not exist; use a run's checkpoints/<phase>/best.ckpt"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which
-        raise CheckpointError(f"cannot read checkpoint '{path}': {err}") from err
-    if "nucleiseg" not in state or "state_dict" not in state:
-        raise CheckpointError(
-            f"'{path}' is not a nucleiseg training checkpoint (no stored model config); "
-            "use a .ckpt from a run's checkpoints/ folder"
-        )
-    cfg = OmegaConf.create(state["nucleiseg"])
+    state = read_checkpoint(path)
+    cfg = OmegaConf.create(stored_model_config(state, path))
     modules = build_modules(cfg)
     weights = state["state_dict"]
     two_stage = any(k.startswith("enhancer.") for k in weights)
     module = modules["two_stage" if two_stage else "stage1"]
-    module.load_state_dict(weights, strict=True)
-    module.phase = state["nucleiseg"].get("phase", "predict")
+    try:
+        module.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint '{path}' weights do not fit its stored model config ({first})"
+        ) from err
+    module.phase = str(cfg.get("phase", "predict"))
     return module.to(device).eval(), "two_stage" if two_stage else "stage1"

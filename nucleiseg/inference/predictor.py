@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import glob
 import logging
+import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,16 +16,24 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
-from nucleiseg.data.io import IMAGE_SUFFIXES, DatasetError, read_array, to_rgb
-from nucleiseg.inference.instances import (
+from nucleiseg.data.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, DatasetError, read_rgb_image
+from nucleiseg.inference.tiling import Predictor, dihedral_tta, predict_tiled
+from nucleiseg.postprocess import (
     NUCLEUS_COLUMNS,
     InstanceSettings,
     describe_nuclei,
     instances_from_probability,
 )
-from nucleiseg.inference.tiling import Predictor, dihedral_tta, predict_tiled
 
 log = logging.getLogger(__name__)
+
+
+OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png", "_instances.png", "_instances.tif",
+                   "_nuclei.csv", "_probability.npy")  # fmt: skip
+
+
+class OutputConflictError(ValueError):
+    """Predict would overwrite an input, a ground-truth file or an earlier output."""
 
 
 @dataclass
@@ -47,26 +58,57 @@ def expand_inputs(spec: str) -> list[Path]:
     return files
 
 
-def save_outputs(
-    stem: str, image: np.ndarray, prob: np.ndarray, instances: np.ndarray, out_dir: Path,
-    threshold: float, save_probability: bool = False,
-) -> list[Path]:  # fmt: skip
-    """Binary mask PNG, 16-bit instance PNG (TIFF past 65535 nuclei), overlay PNG, CSV."""
-    paths = [out_dir / f"{stem}_mask.png", out_dir / f"{stem}_overlay.png"]
-    Image.fromarray(((prob >= threshold) * 255).astype(np.uint8)).save(paths[0])
-    if instances.max() <= np.iinfo(np.uint16).max:
-        paths.append(out_dir / f"{stem}_instances.png")
-        Image.fromarray(instances.astype(np.uint16)).save(paths[-1])
-    else:
-        import tifffile
+def output_stems(inputs: list[Path], out_dir: Path) -> dict[Path, Path]:
+    """Each input's output prefix: its path below the inputs' common folder, mirrored under
+    ``out_dir`` (``slide1/tile_0.png`` -> ``<out_dir>/slide1/tile_0``)."""
+    parents = [p.resolve().parent for p in inputs]
+    root = Path(os.path.commonpath(parents))
+    stems = {p: out_dir / p.resolve().parent.relative_to(root) / p.stem for p in inputs}
+    seen: dict[Path, Path] = {}
+    for path, stem in stems.items():
+        if stem in seen:
+            raise OutputConflictError(
+                f"'{seen[stem]}' and '{path}' would write the same outputs '{stem}_*'; rename "
+                "one of them or predict them separately"
+            )
+        seen[stem] = path
+    return stems
 
-        paths.append(out_dir / f"{stem}_instances.tif")
-        tifffile.imwrite(paths[-1], instances.astype(np.int32))
-    overlay = image.copy()
-    overlay[find_boundaries(instances, mode="inner")] = (0, 255, 0)
-    Image.fromarray(overlay).save(paths[1])
-    paths.append(out_dir / f"{stem}_nuclei.csv")
-    with paths[-1].open("w", newline="") as handle:
+
+def check_outputs(stems: dict[Path, Path], overwrite: bool = False) -> None:
+    """Refuse to write where inputs live, or over earlier outputs without ``overwrite``."""
+    input_dirs = {p.resolve().parent for p in stems}
+    for path, stem in stems.items():
+        if stem.parent.resolve() in input_dirs:
+            raise OutputConflictError(
+                f"output folder '{stem.parent}' holds input images (such as '{path}'); "
+                "predictions there could replace inputs or ground truth: choose another output"
+            )
+        existing = [stem.with_name(stem.name + s) for s in OUTPUT_SUFFIXES]
+        existing = [e for e in existing if e.exists()]
+        if existing and not overwrite:
+            raise OutputConflictError(
+                f"'{existing[0]}' exists (an earlier prediction?); pass overwrite=true to "
+                "replace earlier outputs, or choose another output folder"
+            )
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write through a temporary file in the same folder and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _write_csv(instances: np.ndarray, prob: np.ndarray, path: Path) -> None:
+    with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=NUCLEUS_COLUMNS)
         writer.writeheader()
         for row in describe_nuclei(instances, prob):
@@ -76,9 +118,45 @@ def save_outputs(
                     for k, v in row.items()
                 }
             )
+
+
+def save_outputs(
+    stem: Path, image: np.ndarray, prob: np.ndarray, instances: np.ndarray,
+    threshold: float, save_probability: bool = False,
+) -> list[Path]:  # fmt: skip
+    """Binary mask PNG, 16-bit instance PNG (TIFF past 65535 nuclei), overlay PNG, CSV;
+    each written to a temporary file and renamed."""
+    out = stem.parent / stem.name
+    mask = Image.fromarray(((prob >= threshold) * 255).astype(np.uint8))
+    paths = [write_atomic(Path(f"{out}_mask.png"), lambda p: mask.save(p, format="PNG"))]
+    if instances.max() <= np.iinfo(np.uint16).max:
+        labels = Image.fromarray(instances.astype(np.uint16))
+        paths.append(
+            write_atomic(Path(f"{out}_instances.png"), lambda p: labels.save(p, format="PNG"))
+        )
+    else:
+        import tifffile
+
+        paths.append(
+            write_atomic(
+                Path(f"{out}_instances.tif"),
+                lambda p: tifffile.imwrite(p, instances.astype(np.int32)),
+            )
+        )
+    overlay = image.copy()
+    overlay[find_boundaries(instances, mode="inner")] = (0, 255, 0)
+    overlay_image = Image.fromarray(overlay)
+    paths.append(
+        write_atomic(Path(f"{out}_overlay.png"), lambda p: overlay_image.save(p, format="PNG"))
+    )
+    paths.append(write_atomic(Path(f"{out}_nuclei.csv"), lambda p: _write_csv(instances, prob, p)))
     if save_probability:
-        paths.append(out_dir / f"{stem}_probability.npy")
-        np.save(paths[-1], prob.astype(np.float32))
+
+        def save_npy(p: Path) -> None:
+            with p.open("wb") as handle:
+                np.save(handle, prob.astype(np.float32))
+
+        paths.append(write_atomic(Path(f"{out}_probability.npy"), save_npy))
     return paths
 
 
@@ -94,25 +172,30 @@ def predict_files(
     tta: bool = False,
     device: str = "cpu",
     save_probability: bool = False,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> PredictionReport:
-    """Predict every input; unreadable files are reported and skipped, the rest go on."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Predict every input; a file that fails (unreadable, too large, out of memory) is
+    reported and skipped, the rest go on. Nothing is written where inputs live, and no
+    earlier output is replaced without ``overwrite``."""
+    stems = output_stems(inputs, out_dir)
+    check_outputs(stems, overwrite)
     if tta:
         predict = dihedral_tta(predict)
     report = PredictionReport()
     for path in tqdm(inputs, desc="predicting", unit="image"):
         try:
-            image = to_rgb(read_array(path), path)
-        except DatasetError as err:
-            log.error("skipped: %s", err)
-            report.failed.append((path, str(err)))
-            continue
-        prob = predict_tiled(
-            predict, image, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
-            device=device,
-        )  # fmt: skip
-        instances = instances_from_probability(prob, settings)
-        report.written += save_outputs(
-            path.stem, image, prob, instances, out_dir, settings.threshold, save_probability
-        )
+            image = read_rgb_image(path, max_pixels)
+            prob = predict_tiled(
+                predict, image, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
+                device=device,
+            )  # fmt: skip
+            instances = instances_from_probability(prob, settings)
+            report.written += save_outputs(
+                stems[path], image, prob, instances, settings.threshold, save_probability
+            )
+        except (DatasetError, MemoryError, RuntimeError, OSError) as err:
+            message = f"{type(err).__name__}: {err}".strip()
+            log.error("failed: '%s': %s", path, message)
+            report.failed.append((path, message))
     return report

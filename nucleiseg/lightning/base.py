@@ -1,4 +1,10 @@
-"""Shared behaviour of the LightningModules: BCE loss, per-phase logging, torchmetrics.
+"""Shared behaviour of the LightningModules: phases, BCE loss, per-phase logging, torchmetrics.
+
+A module owns what a training phase means for it (``configure_phase``): which parts get
+gradients, which run in eval mode (a frozen part's BatchNorm statistics must not move),
+the phase's learning rate and log prefix; ``train()`` honours that setting whatever
+Lightning toggles around validation, as smp's ``freeze_encoder()`` sets a flag that its
+``train()`` honours.
 
 Metric keys are ``<phase>/<split>/<output>/<metric>`` (e.g. ``finetune/val/two_stage/dice``)
 because every phase runs its own ``Trainer.fit`` and restarts the global step.
@@ -15,10 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nucleiseg.inference.instances import InstanceSettings, instances_from_probability
 from nucleiseg.metrics.objects import MissedNuclei, NucleusMetrics
 from nucleiseg.metrics.per_image import PerImageScores
 from nucleiseg.metrics.pixel import pixel_metrics, summarise
+from nucleiseg.phases import Phase
+from nucleiseg.postprocess import InstanceSettings, instances_from_probability
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 EVAL_SPLITS = ("val", "test")
@@ -48,8 +55,10 @@ class SegmentationModule(L.LightningModule):
         super().__init__()
         self.instance_settings = InstanceSettings(**(postprocess or {"threshold": threshold}))
         self.optimizer_factory = optimizer
-        self.phase = "train"
-        self.phase_lr: float | None = None  # set per phase by apply_phase
+        # set by configure_phase only
+        self.phase = "train"  # log prefix
+        self.phase_lr: float | None = None
+        self.frozen_parts: frozenset[str] = frozenset()
         self.epoch_offset = 0  # epochs run in earlier phases: one axis across phases
         self.phase_index = 0
         # the composed backbone/model/postprocess config, stored in every checkpoint so that
@@ -66,7 +75,6 @@ class SegmentationModule(L.LightningModule):
         self.object_metrics = nn.ModuleDict({o: NucleusMetrics() for o in self.outputs})
         self.missed_nuclei = MissedNuclei() if len(self.outputs) > 1 else None
         self.per_image = nn.ModuleDict({o: PerImageScores(threshold) for o in self.outputs})
-        self.last_metrics: dict[str, dict[str, Any]] = {}
 
     # -- to implement ---------------------------------------------------------------------
     @property
@@ -82,6 +90,33 @@ class SegmentationModule(L.LightningModule):
 
     def loss(self, logits: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    # -- phases ---------------------------------------------------------------------------
+    def configure_phase(self, phase: Phase, index: int = 0, epoch_offset: int = 0) -> None:
+        """Enter ``phase``: its parts train (gradients, train mode), the others are frozen
+        (no gradients, eval mode, kept so by ``train()``); its learning rate and log prefix.
+        """
+        parts = self.parts
+        missing = set(phase.trainable) - set(parts)
+        if missing:
+            raise ValueError(
+                f"phase '{phase.name}' trains {sorted(missing)}, which "
+                f"{type(self).__name__} lacks (it has {sorted(parts)})"
+            )
+        self.frozen_parts = frozenset(set(parts) - set(phase.trainable))
+        for name, part in parts.items():
+            part.requires_grad_(name not in self.frozen_parts)
+        self.phase, self.phase_lr = phase.name, phase.lr
+        self.phase_index, self.epoch_offset = index, epoch_offset
+        self.train()
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        """Train mode for the parts the phase trains; frozen parts stay in eval mode."""
+        super().train(mode)
+        if mode:
+            for name in self.frozen_parts:
+                self.parts[name].eval()
+        return self
 
     # -- training -------------------------------------------------------------------------
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -144,29 +179,43 @@ class SegmentationModule(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._shared_step(batch, "test")
 
-    def _log_split_metrics(self, split: str) -> None:
-        results: dict[str, dict[str, float]] = {}
+    def _split_metrics(self, split: str) -> list[Any]:
+        metrics = [self.metrics[f"{split}_{output}"] for output in self.outputs]
+        if split == "test":
+            metrics += [*self.object_metrics.values(), *self.per_image.values()]
+            metrics += [self.missed_nuclei] if self.missed_nuclei is not None else []
+        return metrics
+
+    def _reset_split_metrics(self, split: str) -> None:
+        for metric in self._split_metrics(split):
+            metric.reset()
+
+    def split_results(self, split: str) -> dict[str, dict[str, Any]]:
+        """The metrics of the last ``val`` or ``test`` epoch, per output (synced across DDP
+        ranks by torchmetrics; computed once and cached until the next epoch starts)."""
+        results: dict[str, dict[str, Any]] = {}
         for output in self.outputs:
-            collection = self.metrics[f"{split}_{output}"]
-            summary = summarise(collection.compute())
-            collection.reset()
+            summary: dict[str, Any] = summarise(self.metrics[f"{split}_{output}"].compute())
             if split == "test":
                 objects = {k: float(v) for k, v in self.object_metrics[output].compute().items()}
-                self.object_metrics[output].reset()
-                for name, value in objects.items():
-                    self.log(f"{self.phase}/test/{output}/objects/{name}", value, sync_dist=True)
                 per_image = self.per_image[output].compute()
-                self.per_image[output].reset()
                 summary = {**summary, "objects": objects, "per_image": per_image}
             results[output] = summary
-            for name, value in summary.items():
-                if name not in ("objects", "per_image"):
-                    # already synced by torchmetrics: every rank holds the same value
-                    self.log(f"{self.phase}/{split}/{output}/{name}", value, sync_dist=True)
         if split == "test" and self.missed_nuclei is not None:
             missed = {k: int(v) for k, v in self.missed_nuclei.compute().items()}
-            self.missed_nuclei.reset()
             results["two_stage"]["nuclei_vs_stage1"] = missed
+        return results
+
+    def _log_split_metrics(self, split: str) -> None:
+        # already synced by torchmetrics: every rank holds the same value
+        for output, summary in self.split_results(split).items():
+            for name, value in summary.items():
+                if name == "objects":
+                    for key, number in value.items():
+                        key_name = f"{self.phase}/{split}/{output}/objects/{key}"
+                        self.log(key_name, number, sync_dist=True)
+                elif isinstance(value, float):
+                    self.log(f"{self.phase}/{split}/{output}/{name}", value, sync_dist=True)
         if split == "val":
             val_loss = self.trainer.callback_metrics.get(f"{self.phase}/val/loss")
             if val_loss is not None and not torch.isfinite(val_loss):
@@ -177,7 +226,12 @@ class SegmentationModule(L.LightningModule):
             # one x-axis across phases (each phase's trainer restarts its step), and the phase
             self.log("epoch_total", float(self.epoch_offset + self.current_epoch), sync_dist=True)
             self.log("phase", float(self.phase_index), sync_dist=True)
-        self.last_metrics[split] = results
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_split_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_split_metrics("test")
 
     def on_validation_epoch_end(self) -> None:
         self._log_split_metrics("val")

@@ -1,8 +1,9 @@
 """The two-stage model: stage 1's probability map, refined by the enhancement network.
 
 Phase 2 trains the enhancer on a frozen stage 1 (run under ``no_grad`` and kept in eval
-mode, so BatchNorm statistics do not move); phase 3 fine-tunes both, the gradient of the
-final BCE flowing through the stage-1 probability into stage 1.
+mode by ``configure_phase``, so BatchNorm statistics do not move); phase 3 fine-tunes both,
+stage 1 back in train mode, the gradient of the final BCE flowing through the stage-1
+probability into stage 1.
 """
 
 from __future__ import annotations
@@ -44,21 +45,10 @@ class TwoStageModule(SegmentationModule):
     def parts(self) -> dict[str, nn.Module]:
         return {"stage1": self.stage1, "enhancer": self.enhancer}
 
-    @property
-    def stage1_frozen(self) -> bool:
-        return not any(p.requires_grad for p in self.stage1.parameters())
-
-    def train(self, mode: bool = True) -> TwoStageModule:
-        """Keep a frozen stage 1 in eval mode whatever Lightning toggles around validation."""
-        super().train(mode)
-        if self.stage1_frozen:
-            self.stage1.eval()
-        return self
-
     def compute_outputs(
         self, image: torch.Tensor, target: torch.Tensor | None = None
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        if self.stage1_frozen:
+        if "stage1" in self.frozen_parts:
             with torch.no_grad():
                 logits1 = self.stage1(image)
             extra = image.new_zeros(())
@@ -71,6 +61,6 @@ class TwoStageModule(SegmentationModule):
 
     def loss(self, logits: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         loss = bce(logits["two_stage"], target)
-        if self.stage1_loss_weight > 0 and not self.stage1_frozen:
+        if self.stage1_loss_weight > 0 and "stage1" not in self.frozen_parts:
             loss = loss + self.stage1_loss_weight * bce(logits["stage1"], target)
         return loss

@@ -1,0 +1,43 @@
+"""Recipes (config group ``stage``) compose their phases from ``conf/phase/``: each phase
+is defined once, and every recipe runs the phases it always ran."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+
+from nucleiseg.phases import build_phases
+
+from conftest import compose_config
+
+# (name, module, trainable, max_epochs, min_epochs, patience, test_as, lr) at max_epochs=5,
+# patience=2, finetune_lr=0.001: the phases each recipe had when it wrote them out in full
+E, P, LR = 5, 2, 0.001
+STAGE1 = ("stage1", "stage1", ["stage1"], E, 1, P, "stage1", None)
+ENHANCE = ("enhance", "two_stage", ["enhancer"], E, 1, P, "stage2_frozen", None)
+FINETUNE = ("finetune", "two_stage", ["stage1", "enhancer"], E, 1, P, "two_stage", LR)
+EXPECTED = {
+    "two_stage": [STAGE1, ENHANCE, FINETUNE],
+    "base": [STAGE1],
+    "base_extended": [STAGE1, ("extend", "stage1", ["stage1"], 2 * E, 2 * E, 2 * E, "control", LR)],
+    "base_wider": [("joint", "two_stage", ["stage1", "enhancer"], 3 * E, 1, P, "control", None)],
+    "enhance": [ENHANCE],
+    "finetune": [FINETUNE],
+    "enhance_no_image": [STAGE1, ENHANCE[:6] + (None, None), FINETUNE[:6] + ("control", LR)],
+}
+FIELDS = ("name", "module", "trainable", "max_epochs", "min_epochs", "patience", "test_as", "lr")
+
+
+@pytest.mark.parametrize("recipe", sorted(EXPECTED))
+def test_every_recipe_composes_the_phases_it_always_ran(recipe):
+    overrides = [f"stage={recipe}", "stage.max_epochs=5", "stage.patience=2",
+                 "stage.finetune_lr=0.001", "stage.init_from=x.ckpt"]  # fmt: skip
+    phases = build_phases(compose_config(overrides))
+    got = [tuple(asdict(p)[f] for f in FIELDS) for p in phases]
+    assert got == EXPECTED[recipe]
+
+
+def test_a_phase_override_on_the_command_line_reaches_that_phase_only():
+    cfg = compose_config(["stage.phases.enhance.patience=7"])
+    assert [p.patience for p in build_phases(cfg)] == [3, 7, 3]  # synthetic: patience 3

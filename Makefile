@@ -6,7 +6,7 @@ DATA ?= data
 SEEDS ?= 0,1,2
 LOGGER ?= csv
 
-.PHONY: help install test lint format train smoke sweep paper report bench gpu-check study clean
+.PHONY: help install test lint format train smoke sweep paper report bench gpu-check study tnbc-cpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ study:  ## CPU-scale TNBC study: 3 backbones x (two-stage + 3 controls) x 3 seed
 	$(PYTHON) -m nucleiseg.report $(STUDY_DIR)
 	mkdir -p docs/study && cp $(STUDY_DIR)/report.md $(STUDY_DIR)/report.csv docs/study/
 	cp $(STUDY_DIR)/figure_*.png docs/study/ 2>/dev/null || true
+
+tnbc-cpu:  ## a TNBC model on a 2-core CPU (experiment=tnbc_cpu; DATA=data holds TNBC_NucleiSegmentation)
+	$(PYTHON) -m nucleiseg.train experiment=tnbc_cpu dataset.root=$(DATA)/TNBC_NucleiSegmentation
 
 bench:  ## benchmarks: framework vs plain loop, phases, loader, tiled inference, start-up
 	$(PYTHON) -m benchmarks.run

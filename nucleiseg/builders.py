@@ -19,10 +19,12 @@ def build_modules(cfg: DictConfig) -> dict[str, SegmentationModule]:
     stage1 = instantiate(cfg.backbone.net)
     enhancer = instantiate(cfg.model.enhancer)
     optimizer = instantiate(cfg.model.optimizer)
+    schedule = cfg.model.get("scheduler")
+    shared = {"optimizer": optimizer, "scheduler": instantiate(schedule) if schedule else None}
     modules = {
-        "stage1": instantiate(cfg.model.stage1_module, stage1=stage1, optimizer=optimizer),
+        "stage1": instantiate(cfg.model.stage1_module, stage1=stage1, **shared),
         "two_stage": instantiate(
-            cfg.model.two_stage_module, stage1=stage1, enhancer=enhancer, optimizer=optimizer
+            cfg.model.two_stage_module, stage1=stage1, enhancer=enhancer, **shared
         ),
     }
     model_config = OmegaConf.to_container(

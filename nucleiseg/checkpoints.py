@@ -57,7 +57,9 @@ def load_weights(module: nn.Module, checkpoint: str | Path) -> None:
 #: what a checkpoint's stored model config may build: this project's networks and modules
 ALLOWED_TARGETS = frozenset(
     {
+        "nucleiseg.models.ClassicUNet",
         "nucleiseg.models.EnhancementNet",
+        "nucleiseg.models.UNetPlusPlus",
         "nucleiseg.models.MicroNet",
         "nucleiseg.models.build_smp_model",
         "nucleiseg.lightning.Stage1Module",

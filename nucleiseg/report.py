@@ -12,18 +12,27 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from nucleiseg.control_comparisons import CONTROLS, comparisons, paired_bootstrap
+from nucleiseg.sweep_runs import Sweep, dataset_label, find_runs
+
+__all__ = ["CONTROLS", "comparisons", "dataset_label", "find_runs", "paired_bootstrap", "report"]
+
 METRICS = ("precision", "recall", "dice", "iou")
-BACKBONE_ORDER = ("unet", "micronet", "unetpp")
-BACKBONE_NAMES = {"unet": "U-Net", "micronet": "Micro-Net", "unetpp": "U-Net++"}
+BACKBONE_ORDER = ("unet", "micronet", "unetpp", "smp_unet", "smp_unetpp")
+BACKBONE_NAMES = {
+    "unet": "U-Net",
+    "micronet": "Micro-Net",
+    "unetpp": "U-Net++",
+    "smp_unet": "U-Net (smp, ResNet)",
+    "smp_unetpp": "U-Net++ (smp, ResNet)",
+}
 # Published Dice (stage 1 alone, two-stage) from the paper's tables.
 PAPER_DICE = {
     "lizard": {"unet": (0.786, 0.806), "micronet": (0.780, 0.790), "unetpp": (0.757, 0.769)},
@@ -31,103 +40,7 @@ PAPER_DICE = {
 }
 
 
-@dataclass
-class Sweep:
-    finished: list[dict[str, Any]] = field(default_factory=list)
-    incomplete: list[tuple[Path, str]] = field(default_factory=list)  # (job dir, why)
-    unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (results.json, why)
-
-
-def dataset_label(run: dict[str, Any]) -> str:
-    """The dataset, with its split when not the paper's image-level one."""
-    split = run.get("split_by", "image")
-    return run["dataset"] if split in (None, "image") else f"{run['dataset']} ({split} split)"
-
-
-TRAINING_KEYS = ("dataset", "backbone", "stage", "seed", "status", "test", "phases")
-
-
-def find_runs(sweep_dir: Path) -> Sweep:
-    """Finished runs, and job dirs whose run failed or is unfinished."""
-    sweep = Sweep()
-    job_dirs = {p.parent for p in sweep_dir.rglob(".hydra")} | {
-        p.parent for p in sweep_dir.rglob("results.json")
-    }
-    for job in sorted(job_dirs):
-        path = job / "results.json"
-        if not path.is_file():
-            sweep.incomplete.append((job, "no results.json (failed or still running)"))
-            continue
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            sweep.unreadable.append((path, f"{type(err).__name__}: {err}"))
-            continue
-        missing = [k for k in TRAINING_KEYS if not isinstance(results, dict) or k not in results]
-        if missing:  # an evaluate result, or a file of another tool
-            sweep.unreadable.append((path, f"not a training run's results (no {missing})"))
-            continue
-        if results.get("status") != "finished":
-            why = f"status '{results.get('status')}'"
-            if results.get("error"):
-                why += f": {results['error']}"
-            sweep.incomplete.append((job, why))
-            continue
-        results["run_dir"] = str(job)
-        results["dataset_label"] = dataset_label(results)
-        sweep.finished.append(results)
-    return sweep
-
-
-CONTROLS = ("stage1", "base_extended", "base_wider", "enhance_no_image")
 MAIN_STAGES = ("two_stage", "base")
-
-
-def paired_bootstrap(
-    differences: np.ndarray, resamples: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean of per-image differences (seeds x images) and its 95% bootstrap interval.
-
-    Test images are resampled with replacement (the same images for every seed, keeping
-    the pairing); each resample's statistic is the mean over seeds and images.
-    """
-    diffs = np.atleast_2d(np.asarray(differences, dtype=float))
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, diffs.shape[1], size=(resamples, diffs.shape[1]))
-    stats = diffs[:, picks].mean(axis=(0, 2))
-    low, high = np.percentile(stats, [2.5, 97.5])
-    return float(diffs.mean()), float(low), float(high)
-
-
-def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Two-stage minus each control, per dataset and backbone, paired by seed and image."""
-    per_image: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
-    for run in runs:
-        stage = run.get("stage", "two_stage")
-        key = (run.get("dataset_label", run["dataset"]), run["backbone"])
-        if stage == "two_stage":
-            if "two_stage" in run["test"]:
-                per_image[(*key, "two_stage")][run["seed"]] = run["test"]["two_stage"]
-            if "stage1" in run["test"]:
-                per_image[(*key, "stage1")][run["seed"]] = run["test"]["stage1"]
-        elif stage in CONTROLS and "control" in run["test"]:
-            per_image[(*key, stage)][run["seed"]] = run["test"]["control"]
-    rows = []
-    for (dataset, backbone, control), by_seed in sorted(per_image.items()):
-        if control == "two_stage":
-            continue
-        ours = per_image.get((dataset, backbone, "two_stage"), {})
-        seeds = sorted(set(ours) & set(by_seed))
-        pairs = [(ours[s].get("per_image"), by_seed[s].get("per_image")) for s in seeds]
-        pairs = [(a, b) for a, b in pairs if a and b and a["index"] == b["index"] and a["index"]]
-        if not pairs:
-            continue
-        row = {"dataset": dataset, "backbone": backbone, "control": control, "seeds": len(pairs)}
-        for metric in ("dice", "det_recall"):
-            diffs = np.array([np.subtract(a[metric], b[metric]) for a, b in pairs])
-            row[metric] = paired_bootstrap(diffs)
-        rows.append(row)
-    return rows
 
 
 def comparison_markdown(rows: list[dict[str, Any]]) -> list[str]:

@@ -90,3 +90,18 @@ def shared_dataset(name: str) -> Path:
 @pytest.fixture(scope="session")
 def tnbc_root() -> Path:
     return shared_dataset("TNBC_NucleiSegmentation")
+
+
+def assert_export_matches(model, path: Path, fmt: str, shapes) -> None:
+    """The exported file gives the PyTorch model's output at every shape (dynamic sizes)."""
+    import torch
+
+    from nucleiseg.inference.export import run_exported
+
+    for shape in shapes:
+        image = torch.rand(*shape)
+        with torch.no_grad():
+            expected = model(image).numpy()
+        got = run_exported(path, fmt, image.numpy())
+        assert got.shape == (shape[0], 1, *shape[2:])
+        assert np.abs(got - expected).max() < 1e-4

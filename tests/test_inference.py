@@ -183,19 +183,15 @@ def test_evaluate_scores_a_checkpoint_like_training_does(smoke_run, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_runs_outside_pytorch_and_matches_it(smoke_run, tmp_path, fmt):
-    from nucleiseg.inference.export import export, exported_model, run_exported
+    from nucleiseg.inference.export import export, exported_model
+
+    from conftest import assert_export_matches
 
     run_dir, _ = smoke_run
     module, _ = load_model(run_dir / "checkpoints" / "finetune" / "best.ckpt")
     model = exported_model(module)
     path = export(model, tmp_path / f"model.{fmt}", fmt)
-    for shape in [(1, 3, 64, 64), (3, 3, 150, 97)]:  # dynamic batch, height, width
-        image = torch.rand(*shape)
-        with torch.no_grad():
-            expected = model(image).numpy()
-        got = run_exported(path, fmt, image.numpy())
-        assert got.shape == (shape[0], 1, *shape[2:])
-        assert np.abs(got - expected).max() < 1e-4
+    assert_export_matches(model, path, fmt, [(1, 3, 64, 64), (3, 3, 150, 97)])
 
 
 def test_micronet_export_needs_a_fixed_size(tmp_path):
@@ -207,3 +203,28 @@ def test_micronet_export_needs_a_fixed_size(tmp_path):
         export(model, tmp_path / "m.onnx", "onnx")
     path = export(model, tmp_path / "m.pt", "torchscript", size=(256, 256))
     assert path.is_file()
+
+
+def test_evaluate_scores_a_folder_of_odd_sized_images_with_instance_masks(smoke_run, tmp_path):
+    from nucleiseg.evaluate import evaluate
+
+    from conftest import compose_config
+
+    run_dir, _ = smoke_run
+    root = tmp_path / "folder"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i, (h, w) in enumerate([(61, 75), (80, 53), (64, 64), (47, 99)]):
+        Image.fromarray(smooth_image(h, w, seed=i)).save(root / "images" / f"t{i}.png")
+        labels = np.zeros((h, w), np.uint16)
+        labels[5:20, 5:20], labels[25:40, 30:45] = 1, 300  # instance ids, not 0/255
+        Image.fromarray(labels).save(root / "masks" / f"t{i}.png")
+    overrides = [
+        "experiment=smoke", "dataset=folder", f"dataset.root={root}",
+        "trainer.enable_progress_bar=false",
+        f"+ckpt={run_dir / 'checkpoints' / 'finetune' / 'best.ckpt'}", "+whole_dataset=true",
+    ]  # fmt: skip
+    scored = evaluate(compose_config(overrides, tmp_path / "eval"))
+    assert scored["images"] == 4
+    per_image = scored["test"]["two_stage"]["per_image"]
+    assert per_image["index"] == [0, 1, 2, 3] and len(per_image["dice"]) == 4

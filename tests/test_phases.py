@@ -249,3 +249,28 @@ def test_a_phase_with_an_unknown_key_names_it(tmp_path):
         cfg.stage.phases.enhance.patiance = 3
     with pytest.raises(ValueError, match=r"stage\.phases\.enhance.*patiance"):
         build_phases(cfg)
+
+
+def test_a_learning_rate_schedule_follows_each_phase_validation_loss(tmp_path):
+    plateau = [
+        "+model.scheduler._target_=torch.optim.lr_scheduler.ReduceLROnPlateau",
+        "+model.scheduler._partial_=true", "+model.scheduler.factor=0.5",
+        "+model.scheduler.patience=0", "+model.scheduler.threshold=10",
+        "+model.scheduler.threshold_mode=abs",  # no epoch counts as better: halve each epoch
+        "stage.max_epochs=3", "stage.patience=5",
+    ]  # fmt: skip
+    cfg = compose_config(smoke_overrides(*plateau), tmp_path)
+    modules, phases = build_modules(cfg), build_phases(cfg)
+    modules["stage1"].configure_phase(phases[0])
+    configured = modules["stage1"].configure_optimizers()
+    assert configured["lr_scheduler"]["monitor"] == "stage1/val/loss"
+    dm = instantiate(cfg.dataset.datamodule)
+    rates = []
+
+    class LearningRate(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    run_phase(cfg, phases[0], 0, modules["stage1"], dm, tmp_path, extra_callbacks=[LearningRate()],
+              test=False)  # fmt: skip
+    assert rates[0] == pytest.approx(1e-4) and rates[-1] < rates[0]  # halved on a plateau

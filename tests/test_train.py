@@ -94,24 +94,25 @@ def test_base_stage_trains_stage1_only(tmp_path):
 
 
 @pytest.mark.parametrize("stage", ["two_stage", "base", "enhance", "finetune"])
-@pytest.mark.parametrize("backbone", ["unet", "unetpp", "micronet"])
+@pytest.mark.parametrize("backbone", ["unet", "unetpp", "micronet", "smp_unet", "smp_unetpp"])
 def test_every_backbone_and_stage_composes(backbone, stage):
     cfg = compose_config([f"backbone={backbone}", f"stage={stage}", "stage.init_from=x.ckpt"])
     assert cfg.backbone.name == backbone and cfg.stage.name == stage
     assert build_phases(cfg)[0].max_epochs == cfg.dataset.schedule.max_epochs
 
 
-def test_backbone_sweep_runs_three_jobs_at_smoke_size(tmp_path):
+def test_backbone_sweep_runs_all_five_backbones_at_smoke_size(tmp_path):
     sweep_dir = tmp_path / "sweep"
     command = [
         sys.executable, "-m", "nucleiseg.train", "-m",
-        "backbone=unet,micronet,unetpp", "experiment=smoke", "stage.max_epochs=1",
+        "backbone=unet,micronet,unetpp,smp_unet,smp_unetpp", "experiment=smoke",
+        "stage.max_epochs=1", "figures.test_images=0",
         "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep_dir}",
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir() and p.name[0].isdigit())
-    expected = ["unet", "micronet", "unetpp"]
+    expected = ["unet", "micronet", "unetpp", "smp_unet", "smp_unetpp"]
     assert [job.split(",")[0] for job in jobs] == [
         f"{i}_backbone={name}" for i, name in enumerate(expected)
     ]

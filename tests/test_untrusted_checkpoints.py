@@ -46,7 +46,7 @@ def test_only_our_networks_and_torch_optimisers_may_be_built(tmp_path, net):
 
 
 def test_a_stored_encoder_download_is_switched_off(tmp_path):
-    cfg = compose_config(smoke_overrides())
+    cfg = compose_config(smoke_overrides("backbone=smp_unet"))
     module = build_modules(cfg)["stage1"]
     state = {"state_dict": module.state_dict(), "nucleiseg": dict(module.model_config)}
     state["nucleiseg"]["backbone"]["net"]["encoder_weights"] = "imagenet"  # would download

@@ -7,6 +7,7 @@ albumentations pipeline from the config, applied to the training split only.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Protocol
 
 import albumentations as A
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from nucleiseg.data.samples import SplitSamples
 from nucleiseg.data.splits import SPLITS, write_split_file
 
+log = logging.getLogger(__name__)
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
 
 
@@ -69,7 +71,8 @@ class NucleiDataModule(L.LightningDataModule):
 
     ``train_repeats`` draws each training image that many times per epoch (with random
     crops, a different crop each time), so short epochs on a few large images still see
-    most of their area.
+    most of their area. ``stain_transform`` (``+augmentation=stain``) runs after the
+    dataset's own augmentation, on training images only.
     """
 
     def __init__(
@@ -84,17 +87,22 @@ class NucleiDataModule(L.LightningDataModule):
         crop_size: int | None = None,
         split_output: str | None = None,
         train_repeats: int = 1,
+        stain_transform: A.BasicTransform | None = None,
     ) -> None:
         super().__init__()
         self.source = source
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
-        if crop_size:  # train on random crops; evaluate on whole images
-            crop = A.RandomCrop(crop_size, crop_size, pad_if_needed=True, border_mode=4)
+        crop = (  # train on random crops; evaluate on whole images
+            A.RandomCrop(crop_size, crop_size, pad_if_needed=True, border_mode=4)
+            if crop_size
+            else None
+        )
+        steps = [t for t in (crop, train_transform, stain_transform) if t is not None]
+        if len(steps) > 1 or crop is not None:
             # the outer Compose reseeds everything inside it: keep the configured seed
             seed = getattr(train_transform, "seed", None)
-            steps = [crop, train_transform] if train_transform else [crop]
             train_transform = A.Compose(steps, seed=seed)
         self.train_transform = train_transform
         self.split_output = split_output
@@ -129,6 +137,20 @@ class NucleiDataModule(L.LightningDataModule):
             return NucleiDataset(self.samples[split], self.train_transform, self.train_repeats)
         return NucleiDataset(self.samples[split], self.eval_transform)
 
+    def eval_batch_size_for(self, split: str) -> int:
+        """Whole images are batched only when they share one size (after eval_transform):
+        a folder of mixed sizes is evaluated one image at a time instead of failing to
+        collate."""
+        samples = self.samples[split]
+        if self.eval_batch_size == 1 or self.eval_transform is not None:
+            return self.eval_batch_size
+        sizes = {np.shape(samples.images[i])[:2] for i in range(len(samples))}
+        if len(sizes) > 1:
+            log.info("the %s images differ in size (%d sizes): evaluated one at a time",
+                     split, len(sizes))  # fmt: skip
+            return 1
+        return self.eval_batch_size
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
         sampler = None
@@ -141,7 +163,7 @@ class NucleiDataModule(L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+            batch_size=self.batch_size if split == "train" else self.eval_batch_size_for(split),
             shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,

@@ -28,6 +28,7 @@ from nucleiseg.phases import Phase
 from nucleiseg.postprocess import InstanceSettings, instances_from_probability
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 EVAL_SPLITS = ("val", "test")
 
 
@@ -51,8 +52,10 @@ class SegmentationModule(L.LightningModule):
         optimizer: OptimizerFactory | None = None,
         threshold: float = 0.5,
         postprocess: dict[str, Any] | None = None,
+        scheduler: SchedulerFactory | None = None,
     ) -> None:
         super().__init__()
+        self.scheduler_factory = scheduler
         self.instance_settings = InstanceSettings(**(postprocess or {"threshold": threshold}))
         self.optimizer_factory = optimizer
         # set by configure_phase only
@@ -243,14 +246,21 @@ class SegmentationModule(L.LightningModule):
         if self.model_config is not None:
             checkpoint["nucleiseg"] = {**self.model_config, "phase": self.phase}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> Any:
         """A fresh optimizer over the trainable weights, at the phase's learning rate where it
-        sets one; each phase's fit calls this anew."""
+        sets one, and the configured learning-rate schedule (``model.scheduler``, stepped
+        per epoch on the phase's validation loss); each phase's fit calls this anew."""
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             raise RuntimeError(f"phase '{self.phase}' has no trainable weights")
         if self.optimizer_factory is None:
-            return torch.optim.Adam(params, lr=self.phase_lr or 1e-4)
-        if self.phase_lr is not None:
-            return self.optimizer_factory(params, lr=self.phase_lr)
-        return self.optimizer_factory(params)
+            optimizer = torch.optim.Adam(params, lr=self.phase_lr or 1e-4)
+        elif self.phase_lr is not None:
+            optimizer = self.optimizer_factory(params, lr=self.phase_lr)
+        else:
+            optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        schedule = {"scheduler": self.scheduler_factory(optimizer), "interval": "epoch",
+                    "monitor": f"{self.phase}/val/loss"}  # fmt: skip
+        return {"optimizer": optimizer, "lr_scheduler": schedule}

@@ -7,19 +7,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from nucleiseg.lightning.base import OptimizerFactory, SegmentationModule, bce
+from nucleiseg.lightning.base import OptimizerFactory, SchedulerFactory, SegmentationModule, bce
 
 
 def stage1_logits(
     stage1: nn.Module, image: torch.Tensor, target: torch.Tensor | None, aux_weight: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run a backbone; where it has auxiliary heads (Micro-Net) and a target, add their BCE."""
+    """Run a backbone; where it has auxiliary heads and a target, supervise them too.
+
+    One mechanism for Micro-Net's auxiliary outputs and U-Net++'s deep supervision: the
+    stage-1 loss is a weighted mean of head BCEs, the main head with weight 1 and the
+    auxiliary heads sharing ``aux_weight``. Returned as the extra term to add to the main
+    head's BCE: ``(bce_main + w * mean(bce_aux)) / (1 + w) - bce_main``. With ``w`` equal to
+    the number of auxiliary heads (U-Net++: 3) it is the plain mean over all heads.
+    """
     forward_with_aux = getattr(stage1, "forward_with_aux", None)
     if forward_with_aux is None or target is None or aux_weight == 0:
         return stage1(image), image.new_zeros(())
     logits, aux = forward_with_aux(image)
-    aux_loss = torch.stack([bce(a, target) for a in aux]).mean()
-    return logits, aux_weight * aux_loss
+    main = bce(logits, target)
+    aux_mean = torch.stack([bce(a, target) for a in aux]).mean()
+    return logits, (main + aux_weight * aux_mean) / (1 + aux_weight) - main
 
 
 class Stage1Module(SegmentationModule):
@@ -34,9 +42,12 @@ class Stage1Module(SegmentationModule):
         aux_weight: float = 0.0,
         threshold: float = 0.5,
         postprocess: dict[str, Any] | None = None,
+        scheduler: SchedulerFactory | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, threshold=threshold, postprocess=postprocess)
-        self.save_hyperparameters(ignore=["stage1", "optimizer"])
+        super().__init__(
+            optimizer=optimizer, threshold=threshold, postprocess=postprocess, scheduler=scheduler
+        )
+        self.save_hyperparameters(ignore=["stage1", "optimizer", "scheduler"])
         self.stage1 = stage1
         self.aux_weight = aux_weight
 

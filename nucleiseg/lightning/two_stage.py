@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from nucleiseg.lightning.base import OptimizerFactory, SegmentationModule, bce
+from nucleiseg.lightning.base import OptimizerFactory, SchedulerFactory, SegmentationModule, bce
 from nucleiseg.lightning.stage1 import stage1_logits
 
 
@@ -32,9 +32,12 @@ class TwoStageModule(SegmentationModule):
         enhancer_sees_image: bool = True,
         threshold: float = 0.5,
         postprocess: dict[str, Any] | None = None,
+        scheduler: SchedulerFactory | None = None,
     ) -> None:
-        super().__init__(optimizer=optimizer, threshold=threshold, postprocess=postprocess)
-        self.save_hyperparameters(ignore=["stage1", "enhancer", "optimizer"])
+        super().__init__(
+            optimizer=optimizer, threshold=threshold, postprocess=postprocess, scheduler=scheduler
+        )
+        self.save_hyperparameters(ignore=["stage1", "enhancer", "optimizer", "scheduler"])
         self.stage1 = stage1
         self.enhancer = enhancer
         self.stage1_loss_weight = stage1_loss_weight
@@ -53,8 +56,10 @@ class TwoStageModule(SegmentationModule):
                 logits1 = self.stage1(image)
             extra = image.new_zeros(())
         else:
-            weight = self.aux_weight * self.stage1_loss_weight
+            # the stage-1 loss (auxiliary heads included) counts with stage1_loss_weight
+            weight = self.aux_weight if self.stage1_loss_weight > 0 else 0.0
             logits1, extra = stage1_logits(self.stage1, image, target, weight)
+            extra = self.stage1_loss_weight * extra
         prob1 = torch.sigmoid(logits1)
         enhancer_input = torch.cat([image, prob1], dim=1) if self.enhancer_sees_image else prob1
         return {"stage1": logits1, "two_stage": self.enhancer(enhancer_input)}, extra

@@ -1,0 +1,49 @@
+"""Post-processing chosen on the validation split, stored in a tuned copy of the checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk, ellipse
+
+from nucleiseg.postprocess import InstanceSettings, instances_from_mask
+
+
+def test_h_maxima_markers_split_touching_nuclei_and_keep_an_elongated_one_whole():
+    mask = np.zeros((80, 140), bool)
+    mask[disk((40, 30), 12)] = True
+    mask[disk((40, 52), 12)] = True  # two touching discs
+    mask[ellipse(40, 105, 8, 28)] = True  # one long nucleus with a flat distance ridge
+    h_maxima = instances_from_mask(mask, InstanceSettings(markers="h_maxima", h=2.0))
+    assert len(np.unique(h_maxima[:, :70])) - 1 == 2
+    assert len(np.unique(h_maxima[:, 75:])) - 1 == 1
+    peaks = instances_from_mask(mask, InstanceSettings(markers="peaks", min_distance=3))
+    assert len(np.unique(peaks[:, 75:])) - 1 > 1  # what fixed-distance peaks do to it
+
+
+def test_unknown_marker_kind_is_refused():
+    with pytest.raises(ValueError, match="markers"):
+        InstanceSettings(markers="watershed")
+
+
+def test_tuning_picks_the_count_closest_setting_on_val_and_writes_a_tuned_copy(smoke_run, tmp_path):
+    from nucleiseg.inference.loading import load_model
+    from nucleiseg.tune_postprocess import run
+
+    from conftest import compose_config
+
+    run_dir, _ = smoke_run
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    original = ckpt.read_bytes()
+    cfg = compose_config(["experiment=smoke", f"+ckpt={ckpt}", "+grid.threshold=[0.3,0.5]",
+                          "+grid.min_size=[5]", "+grid.min_distance=[2,6]", "+grid.h=[1.0]"],
+                         tmp_path)  # fmt: skip
+    result = run(cfg)
+    assert len(result["candidates"]) == 2 * 1 * (2 + 1)
+    best = min(r["relative_abs_count_error"] for r in result["candidates"])
+    assert result["chosen_scores"]["relative_abs_count_error"] == best
+    assert (tmp_path / "postprocess_tuning.json").is_file()
+    module, _ = load_model(result["tuned_checkpoint"])
+    chosen = InstanceSettings(**result["chosen"])
+    assert module.instance_settings == chosen
+    assert ckpt.read_bytes() == original  # the original checkpoint is never changed

@@ -32,19 +32,26 @@ def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for run in runs:
         stage = run.get("stage", "two_stage")
         key = (run.get("dataset_label", run["dataset"]), run["backbone"])
-        if stage == "two_stage":
-            if "two_stage" in run["test"]:
-                per_image[(*key, "two_stage")][run["seed"]] = run["test"]["two_stage"]
-            if "stage1" in run["test"]:
-                per_image[(*key, "stage1")][run["seed"]] = run["test"]["stage1"]
-        elif stage in CONTROLS and "control" in run["test"]:
-            per_image[(*key, stage)][run["seed"]] = run["test"]["control"]
+        images = run.get("test_images")  # names; older runs lack them
+        arms = {"two_stage": "two_stage", "stage1": "stage1"} if stage == "two_stage" else {}
+        if stage in CONTROLS:
+            arms = {stage: "control"}
+        for arm, output in arms.items():
+            if output in run["test"]:
+                per_image[(*key, arm)][run["seed"]] = {**run["test"][output], "test_images": images}
     rows = []
     for (dataset, backbone, control), by_seed in sorted(per_image.items()):
         if control == "two_stage":
             continue
         ours = per_image.get((dataset, backbone, "two_stage"), {})
         seeds = sorted(set(ours) & set(by_seed))
+        image_lists = {tuple(x["test_images"]) for s in seeds for x in (ours[s], by_seed[s])
+                       if x.get("test_images") is not None}  # fmt: skip
+        if len(image_lists) > 1:  # different test images cannot be paired image by image
+            rows.append({"dataset": dataset, "backbone": backbone, "control": control,
+                         "seeds": len(seeds), "refused": "test image lists differ between "
+                         "runs (different dataset.split_seed or data)"})  # fmt: skip
+            continue
         pairs = [(ours[s].get("per_image"), by_seed[s].get("per_image")) for s in seeds]
         pairs = [(a, b) for a, b in pairs if a and b and a["index"] == b["index"] and a["index"]]
         if not pairs:

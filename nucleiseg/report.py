@@ -53,14 +53,18 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> list[str]:
         "| Δ detection recall (95% CI) |",
         "|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    refused = [r for r in rows if "refused" in r]
+    for r in (r for r in rows if "refused" not in r):
         cells = [f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for m, lo, hi in (r["dice"], r["det_recall"])]
         name = BACKBONE_NAMES.get(r["backbone"], r["backbone"])
         lines.append(f"| {r['dataset']} | {name} | {r['control']} | {r['seeds']} | "
                      + " | ".join(cells) + " |")  # fmt: skip
     lines += ["", "Paired bootstrap over test images (2000 resamples); stage1 = the same "
               "run's stage 1 alone.", ""]  # fmt: skip
-    return lines
+    for r in refused:
+        name = BACKBONE_NAMES.get(r["backbone"], r["backbone"])
+        lines.append(f"- not paired: {r['dataset']} {name} vs {r['control']}: {r['refused']}")
+    return lines + ([""] if refused else [])
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

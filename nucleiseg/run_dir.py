@@ -122,6 +122,7 @@ def new_results(cfg: DictConfig, config_path: Path) -> dict[str, Any]:
     return {
         "dataset": cfg.dataset.name,
         "split_by": cfg.dataset.get("split_by", "image"),
+        "split_seed": cfg.dataset.get("split_seed"),
         "backbone": cfg.backbone.name,
         "stage": cfg.stage.name,
         "seed": cfg.seed,

@@ -80,6 +80,8 @@ def _train(cfg: DictConfig, run_dir: Path, writer: bool) -> dict[str, Any]:
             if phase.test_as in ("stage1", "two_stage"):
                 snapshots.record(module, datamodule, phase.test_as, phase.module)
             results["phases"].append(record)
+            if "test" in datamodule.samples:  # names: the report pairs runs image by image
+                results["test_images"] = list(datamodule.samples["test"].names)
             if phase.test_as:
                 results["test"][phase.test_as] = record["test"][phase.module]
             if writer:

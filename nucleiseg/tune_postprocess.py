@@ -77,9 +77,8 @@ def write_tuned_checkpoint(checkpoint: Path, settings: dict[str, Any]) -> Path:
     state["nucleiseg"]["postprocess"] = dict(settings)
     for key in ("stage1_module", "two_stage_module"):  # the modules' copy of it, too
         module_cfg = state["nucleiseg"].get("model", {}).get(key)
-        if isinstance(module_cfg, dict):
+        if isinstance(module_cfg, dict):  # pixel metrics keep their own threshold (0.5)
             module_cfg["postprocess"] = dict(settings)
-            module_cfg["threshold"] = settings["threshold"]
     target = checkpoint.with_name(f"{checkpoint.stem}.tuned.ckpt")
     tmp = target.with_name(target.name + ".tmp")
     torch.save(state, tmp)

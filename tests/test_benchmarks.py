@@ -50,7 +50,10 @@ def test_times_all_three_phases_on_both_sides(toy_report) -> None:
 def test_phase_cost_per_backbone_beside_its_kernel_floor(toy_report) -> None:
     _, report = toy_report
     rows = report["phase_cost_by_backbone"]
-    assert [row["backbone"] for row in rows] == ["unet", "unetpp"]
+    assert [row["backbone"] for row in rows] == [
+        "smp_unet",
+        "unetpp",
+    ]  # the CPU profile's, then --phase-backbones
     for row in rows:
         assert row["phase2_cost_vs_phase3"] == pytest.approx(
             row["phase3_images_per_s"] / row["phase2_images_per_s"]

@@ -75,3 +75,39 @@ def test_controls_run_through_the_sweep_and_appear_in_the_report(tmp_path):
     # the headline table holds the two-stage run only, not the controls' stage-1 rows
     headline = text.split("### does stage 2 help")[0]
     assert "| U-Net | 1 |" in headline and headline.count("| U-Net | ") == 1
+
+
+def test_training_seeds_share_the_test_images_and_split_seed_changes_them(tnbc_root):
+    from hydra.utils import instantiate
+
+    def test_names(*overrides: str) -> list[str]:
+        cfg = compose_config(["dataset=tnbc", f"dataset.root={tnbc_root}", *overrides])
+        datamodule = instantiate(cfg.dataset.datamodule, split_output=None)
+        datamodule.setup("test")
+        return list(datamodule.samples["test"].names)
+
+    assert test_names("seed=0") == test_names("seed=1") == test_names("seed=2")
+    assert test_names("dataset.split_seed=1") != test_names("dataset.split_seed=0")
+
+
+def _run(stage: str, seed: int, images: list[str], dice: list[float]) -> dict:
+    per_image = {"index": list(range(len(dice))), "dice": dice, "det_recall": dice}
+    output = "two_stage" if stage == "two_stage" else "control"
+    return {"dataset": "tnbc", "backbone": "unet", "stage": stage, "seed": seed,
+            "test_images": images, "test": {output: {"per_image": per_image}}}  # fmt: skip
+
+
+def test_report_refuses_to_pair_runs_whose_test_images_differ():
+    from nucleiseg.report import comparison_markdown
+
+    same = [
+        _run("two_stage", 0, ["a", "b"], [0.8, 0.6]),
+        _run("base_extended", 0, ["a", "b"], [0.7, 0.6]),
+    ]
+    (row,) = comparisons(same)
+    assert row["dice"][0] == pytest.approx(0.05)
+    other = [*same, _run("two_stage", 1, ["c", "d"], [0.9, 0.9]),
+             _run("base_extended", 1, ["c", "d"], [0.1, 0.1])]  # fmt: skip
+    (refused,) = comparisons(other)
+    assert "test image lists differ" in refused["refused"]
+    assert "not paired" in "\n".join(comparison_markdown([refused]))

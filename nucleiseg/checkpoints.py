@@ -39,9 +39,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_weights(module: nn.Module, checkpoint: str | Path) -> None:
-    """Load a checkpoint's weights into ``module``; parts absent from it keep their weights."""
-    state = read_checkpoint(checkpoint)["state_dict"]
+def load_weights(module: nn.Module, checkpoint: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's weights into ``module``; parts absent from it keep their weights.
+    Returns the checkpoint read (its ``epoch`` and the rest), so nobody reads it twice."""
+    contents = read_checkpoint(checkpoint)
+    state = contents["state_dict"]
     weights = {k: v for k, v in state.items() if not k.startswith("metrics.")}
     result = module.load_state_dict(weights, strict=False)
     loaded_parts = {k.split(".", 1)[0] for k in weights}
@@ -52,6 +54,7 @@ def load_weights(module: nn.Module, checkpoint: str | Path) -> None:
             f"unexpected {result.unexpected_keys[:3]}); was it trained with the same backbone "
             "settings?"
         )
+    return contents
 
 
 #: what a checkpoint's stored model config may build: this project's networks and modules
@@ -66,7 +69,6 @@ ALLOWED_TARGETS = frozenset(
         "nucleiseg.lightning.TwoStageModule",
     }
 )
-HYDRA_KEYS = frozenset({"_target_", "_partial_", "_convert_", "_recursive_", "_args_"})
 
 
 def _is_torch_optimizer_or_scheduler(target: str) -> bool:

@@ -20,7 +20,7 @@ from nucleiseg.callbacks.checkpoint_io import AtomicCheckpointIO
 from nucleiseg.callbacks.phase_controller import PhaseController
 from nucleiseg.callbacks.preemption import PreemptionCheckpoint
 from nucleiseg.callbacks.random_state import RandomStateCheckpoint
-from nucleiseg.checkpoints import load_weights, read_checkpoint
+from nucleiseg.checkpoints import load_weights
 from nucleiseg.lightning.base import SegmentationModule
 from nucleiseg.phases import Phase
 from nucleiseg.process_control import stop_other_ranks
@@ -91,13 +91,6 @@ def _relative(path: str, run_dir: Path) -> str | None:
         return path
 
 
-def _best_epoch(checkpoint: ModelCheckpoint) -> int | None:
-    """The epoch (0-based, within the phase) of the best checkpoint."""
-    if not checkpoint.best_model_path:
-        return None
-    return int(read_checkpoint(checkpoint.best_model_path)["epoch"])
-
-
 def reuse_phase(module: SegmentationModule, record: dict[str, Any], run_dir: Path) -> dict:
     """A phase finished in an earlier attempt: load its best weights, return its record."""
     if record.get("best_checkpoint"):
@@ -139,8 +132,9 @@ def run_phase(
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         stop = stop_reason(trainer, early_stopping, phase)
-        if checkpoint.best_model_path:
-            load_weights(module, checkpoint.best_model_path)
+        best_epoch = None
+        if checkpoint.best_model_path:  # read once: the weights, and the epoch they are from
+            best_epoch = int(load_weights(module, checkpoint.best_model_path)["epoch"])
         test_metrics: dict[str, Any] = {}
         if test:
             trainer.test(module, datamodule=datamodule, verbose=False)
@@ -154,7 +148,7 @@ def run_phase(
         "trainable": phase.trainable,
         "output": phase.module,
         "epochs": trainer.current_epoch,
-        "best_epoch": _best_epoch(checkpoint),
+        "best_epoch": best_epoch,
         "best_val_loss": float(best) if best is not None else None,
         "stop_reason": stop,
         "best_checkpoint": _relative(checkpoint.best_model_path, run_dir),

@@ -14,6 +14,7 @@ from typing import IO, Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nucleiseg.atomic_files import write_atomic
 from nucleiseg.phases import Phase
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,8 @@ def lock_run_dir(run_dir: Path) -> IO[str]:
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write JSON through a temporary file and a rename, so a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, sort_keys=False) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def new_results(cfg: DictConfig, config_path: Path) -> dict[str, Any]:

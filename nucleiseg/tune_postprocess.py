@@ -13,7 +13,6 @@ candidate, to ``postprocess_tuning.json`` in the run dir, and into a copy of the
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from nucleiseg.atomic_files import write_atomic
 
 
 def candidates(grid: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -80,10 +81,7 @@ def write_tuned_checkpoint(checkpoint: Path, settings: dict[str, Any]) -> Path:
         if isinstance(module_cfg, dict):  # pixel metrics keep their own threshold (0.5)
             module_cfg["postprocess"] = dict(settings)
     target = checkpoint.with_name(f"{checkpoint.stem}.tuned.ckpt")
-    tmp = target.with_name(target.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, target)
-    return target
+    return write_atomic(target, lambda tmp: torch.save(state, tmp))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -6,8 +6,6 @@ import csv
 import glob
 import logging
 import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
+from nucleiseg.atomic_files import write_atomic
 from nucleiseg.data.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, DatasetError, read_rgb_image
 from nucleiseg.inference.tiling import Predictor, dihedral_tta, predict_tiled
 from nucleiseg.postprocess import (
@@ -91,20 +90,6 @@ def check_outputs(stems: dict[Path, Path], overwrite: bool = False) -> None:
                 f"'{existing[0]}' exists (an earlier prediction?); pass overwrite=true to "
                 "replace earlier outputs, or choose another output folder"
             )
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Write through a temporary file in the same folder and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _write_csv(instances: np.ndarray, prob: np.ndarray, path: Path) -> None:

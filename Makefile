@@ -5,6 +5,10 @@ SWEEP_DIR ?= multirun_outputs/$(shell date +%Y-%m-%d/%H-%M-%S)
 DATA ?= data
 SEEDS ?= 0,1,2
 LOGGER ?= csv
+RUN ?= outputs/tnbc_cpu
+ARGS ?=
+TNBC_ROOT ?= $(DATA)/TNBC_NucleiSegmentation
+CONSEP_ROOT ?= $(DATA)/lizard_consep_aug
 
 .PHONY: help install test lint format train smoke sweep paper report bench gpu-check study tnbc-cpu clean
 
@@ -55,8 +59,11 @@ study:  ## CPU-scale TNBC study: 3 backbones x (two-stage + 3 controls) x 3 seed
 	mkdir -p docs/study && cp $(STUDY_DIR)/report.md $(STUDY_DIR)/report.csv docs/study/
 	cp $(STUDY_DIR)/figure_*.png docs/study/ 2>/dev/null || true
 
-tnbc-cpu:  ## a TNBC model on a 2-core CPU (experiment=tnbc_cpu; DATA=data holds TNBC_NucleiSegmentation)
-	$(PYTHON) -m nucleiseg.train experiment=tnbc_cpu dataset.root=$(DATA)/TNBC_NucleiSegmentation
+tnbc-cpu:  ## a TNBC model on a 2-core CPU: train, tune post-processing on validation, score test and CoNSeP (DATA=data, RUN=outputs/tnbc_cpu, ARGS=overrides)
+	$(PYTHON) -m nucleiseg.train experiment=tnbc_cpu dataset.root=$(TNBC_ROOT) paths.output_dir=$(RUN) $(ARGS)
+	$(PYTHON) -m nucleiseg.tune_postprocess experiment=tnbc_cpu dataset.root=$(TNBC_ROOT) ckpt=$(RUN)/checkpoints/finetune/best.ckpt paths.output_dir=$(RUN)/tuning $(ARGS)
+	$(PYTHON) -m nucleiseg.evaluate experiment=tnbc_cpu dataset.root=$(TNBC_ROOT) ckpt=$(RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(RUN)/eval_tnbc trainer.precision=32-true $(ARGS)
+	$(PYTHON) -m nucleiseg.evaluate experiment=tnbc_cpu dataset=folder dataset.root=$(CONSEP_ROOT) whole_dataset=true ckpt=$(RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(RUN)/eval_consep trainer.precision=32-true $(ARGS)
 
 bench:  ## benchmarks: framework vs plain loop, phases, loader, tiled inference, start-up
 	$(PYTHON) -m benchmarks.run

@@ -6,12 +6,13 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nucleiseg.data.stain_normalization import fit_normalizer, is_fitted, normalizer_from_config
 from nucleiseg.lightning.base import SegmentationModule
 
 #: the config sections a checkpoint carries, so that predict/evaluate/export rebuild the model
-MODEL_CONFIG_KEYS = ("backbone", "model", "postprocess")
+MODEL_CONFIG_KEYS = ("backbone", "model", "postprocess", "stain_normalization")
 
 
 def build_modules(cfg: DictConfig) -> dict[str, SegmentationModule]:
@@ -30,8 +31,11 @@ def build_modules(cfg: DictConfig) -> dict[str, SegmentationModule]:
     model_config = OmegaConf.to_container(
         OmegaConf.masked_copy(cfg, list(MODEL_CONFIG_KEYS)), resolve=True
     )
+    stain = cfg.get("stain_normalization")
+    normalizer = normalizer_from_config(stain) if is_fitted(stain) else None
     for module in modules.values():
         module.model_config = model_config
+        module.stain_normalizer = normalizer
     if cfg.get("channels_last"):
         for module in modules.values():
             module.to(memory_format=torch.channels_last)
@@ -39,6 +43,26 @@ def build_modules(cfg: DictConfig) -> dict[str, SegmentationModule]:
         stage1.compile()  # in place: the state-dict keys, so checkpoints, stay the same
         enhancer.compile()
     return modules
+
+
+def fit_stain_normalization(cfg: DictConfig, datamodule: Any) -> None:
+    """With ``stain_normalization`` set: fit it if not yet fitted (to its reference image or
+    the first training image) and store the fitted values in ``cfg``, so the modules' model
+    config, hence every checkpoint, carries them; then normalise the datamodule's images."""
+    stain = cfg.get("stain_normalization")
+    if not stain:
+        return
+    if not is_fitted(stain):
+
+        def first_training_image() -> Any:
+            datamodule.setup("fit")
+            return datamodule.samples["train"].images[0]
+
+        settings = OmegaConf.to_container(stain, resolve=True)
+        fitted = fit_normalizer(settings, first_training_image).to_config()
+        with open_dict(cfg):
+            cfg.stain_normalization = {**fitted, "reference": settings.get("reference")}
+    datamodule.set_stain_normalizer(normalizer_from_config(cfg.stain_normalization))
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:

@@ -26,6 +26,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module, output = load_model(cfg.ckpt)
     module.phase = "evaluate"
     datamodule = instantiate(cfg.dataset.datamodule, split_output=None)
+    datamodule.set_stain_normalizer(module.stain_normalizer)  # as the model was trained
     if cfg.whole_dataset:
         datamodule.source = WholeDataset(datamodule.source)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], default_root_dir=str(run_dir))

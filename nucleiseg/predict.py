@@ -40,6 +40,7 @@ def main(cfg: DictConfig) -> None:
         save_probability=cfg.save_probability,
         overwrite=cfg.overwrite,
         max_pixels=int(cfg.max_pixels),
+        normalize=module.stain_normalizer,
         **cfg.tiling,
     )
     log.info("%d files written to %s", len(report.written), cfg.output)

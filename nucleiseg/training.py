@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from nucleiseg.builders import build_loggers, build_modules
+from nucleiseg.builders import build_loggers, build_modules, fit_stain_normalization
 from nucleiseg.checkpoints import load_weights
 from nucleiseg.phase_runner import reuse_phase, run_phase
 from nucleiseg.phases import build_phases
@@ -57,7 +57,9 @@ def _train(cfg: DictConfig, run_dir: Path, writer: bool) -> dict[str, Any]:
     forward_sigusr1_as_sigterm()
     try:  # from here on, a failure is recorded in results.json
         L.seed_everything(cfg.seed, workers=True)
-        datamodule, modules = instantiate(cfg.dataset.datamodule), build_modules(cfg)
+        datamodule = instantiate(cfg.dataset.datamodule)
+        fit_stain_normalization(cfg, datamodule)  # before the modules: checkpoints carry it
+        modules = build_modules(cfg)
         if cfg.stage.init_from:
             load_weights(modules["two_stage"], cfg.stage.init_from)
         # Stage 1 is built first, so its initial weights depend on the seed alone; reseeding

@@ -93,6 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = Path(cfg.ckpt)
     module, output = load_model(checkpoint)
     datamodule = instantiate(cfg.dataset.datamodule, split_output=None)
+    datamodule.set_stain_normalizer(module.stain_normalizer)  # as the model was trained
     datamodule.setup("validate")
     probs, truths = validation_probabilities(module, output, datamodule)
     base = OmegaConf.to_container(cfg.postprocess, resolve=True)

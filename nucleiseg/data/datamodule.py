@@ -8,6 +8,7 @@ albumentations pipeline from the config, applied to the training split only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import albumentations as A
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from nucleiseg.data.samples import SplitSamples
 from nucleiseg.data.splits import SPLITS, write_split_file
+from nucleiseg.data.stain_normalization import NormalizedImages
 
 log = logging.getLogger(__name__)
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
@@ -110,6 +112,22 @@ class NucleiDataModule(L.LightningDataModule):
         self.eval_transform = eval_transform
         self.pin_memory = pin_memory
         self.samples: dict[str, SplitSamples] = {}
+        self.stain_normalizer: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def set_stain_normalizer(self, normalize: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        """Stain-normalise every whole image (once, before crops and augmentation) with
+        ``normalize`` (``nucleiseg.data.stain_normalization``); None switches it off."""
+        self.stain_normalizer = normalize
+        for name in list(self.samples):
+            self.samples[name] = self._normalized(self.samples[name])
+
+    def _normalized(self, samples: SplitSamples) -> SplitSamples:
+        images = samples.images
+        if isinstance(images, NormalizedImages):
+            images = images.images
+        if self.stain_normalizer is not None:
+            images = NormalizedImages(images, self.stain_normalizer)
+        return SplitSamples(images, samples.instances, samples.names)
 
     def setup(self, stage: str | None = None) -> None:
         for name in STAGE_SPLITS.get(stage, SPLITS):
@@ -121,7 +139,7 @@ class NucleiDataModule(L.LightningDataModule):
                     f"the {name} split of {type(self.source).__name__} is empty; "
                     "check the dataset root and split settings"
                 )
-            self.samples[name] = samples
+            self.samples[name] = self._normalized(samples)
         assignment = getattr(self.source, "assignment", None)
         if self.split_output and assignment is not None and self.trainer_is_global_zero:
             write_split_file(self.split_output, assignment())

@@ -6,6 +6,7 @@ import csv
 import glob
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,10 +160,12 @@ def predict_files(
     save_probability: bool = False,
     overwrite: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    normalize: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> PredictionReport:
     """Predict every input; a file that fails (unreadable, too large, out of memory) is
     reported and skipped, the rest go on. Nothing is written where inputs live, and no
-    earlier output is replaced without ``overwrite``."""
+    earlier output is replaced without ``overwrite``. ``normalize`` (the checkpoint's stain
+    normalisation) is applied to each whole image before tiling; overlays show the input."""
     stems = output_stems(inputs, out_dir)
     check_outputs(stems, overwrite)
     if tta:
@@ -171,9 +174,10 @@ def predict_files(
     for path in tqdm(inputs, desc="predicting", unit="image"):
         try:
             image = read_rgb_image(path, max_pixels)
+            model_input = normalize(image) if normalize is not None else image
             prob = predict_tiled(
-                predict, image, tile=tile, overlap=overlap, batch_size=batch_size, blend=blend,
-                device=device,
+                predict, model_input, tile=tile, overlap=overlap, batch_size=batch_size,
+                blend=blend, device=device,
             )  # fmt: skip
             instances = instances_from_probability(prob, settings)
             report.written += save_outputs(

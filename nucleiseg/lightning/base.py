@@ -67,6 +67,8 @@ class SegmentationModule(L.LightningModule):
         # the composed backbone/model/postprocess config, stored in every checkpoint so that
         # predict/evaluate/export can rebuild the model from the checkpoint alone
         self.model_config: dict[str, Any] | None = None
+        # whole-image stain normalisation the model was trained with (set by build_modules)
+        self.stain_normalizer: Callable[[np.ndarray], np.ndarray] | None = None
         self.metrics = nn.ModuleDict(
             {
                 f"{split}_{output}": pixel_metrics(threshold)

@@ -1,33 +1,77 @@
-"""Two-stage minus each control, paired by seed and test image, with bootstrap intervals."""
+"""Two-stage minus each control, paired by seed and test image: bootstrap intervals over
+seeds and images, and Holm's correction across the comparisons a report makes."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 CONTROLS = ("stage1", "base_extended", "base_wider", "enhance_no_image")
 
 
-def paired_bootstrap(
-    differences: np.ndarray, resamples: int = 2000, seed: int = 0
-) -> tuple[float, float, float]:
-    """Mean of per-image differences (seeds x images) and its 95% bootstrap interval.
+class Interval(NamedTuple):
+    """A mean difference, its bootstrap interval and two-sided bootstrap p-value."""
 
-    Test images are resampled with replacement (the same images for every seed, keeping
-    the pairing); each resample's statistic is the mean over seeds and images.
+    mean: float
+    low: float
+    high: float
+    p_value: float
+
+
+def crossed_bootstrap(
+    differences: np.ndarray, confidence: float = 0.95, resamples: int = 9999, seed: int = 0
+) -> Interval:
+    """Mean of per-(seed, image) differences with an interval that counts both sources of
+    variation: training seeds and test images are resampled independently (a two-level,
+    crossed bootstrap: every seed is scored on the same test images, so images are crossed
+    with seeds, not nested in them). ``scipy.stats.bootstrap`` draws both index samples
+    (``paired=False``); percentile interval, and the p-value from the same bootstrap
+    distribution (twice the share of resamples on the far side of zero).
     """
+    from scipy.stats import bootstrap
+
     diffs = np.atleast_2d(np.asarray(differences, dtype=float))
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, diffs.shape[1], size=(resamples, diffs.shape[1]))
-    stats = diffs[:, picks].mean(axis=(0, 2))
-    low, high = np.percentile(stats, [2.5, 97.5])
-    return float(diffs.mean()), float(low), float(high)
+    mean = float(diffs.mean())
+    if np.ptp(diffs) == 0:  # every resample gives the same value: no spread to estimate
+        return Interval(mean, mean, mean, 1.0 if mean == 0 else 0.0)
+
+    if diffs.shape[0] == 1 or diffs.shape[1] == 1:  # one level left to resample
+        samples = (diffs.ravel(),)
+
+        def statistic(values: np.ndarray, axis: int = -1) -> np.ndarray:
+            return values.mean(axis=axis)
+    else:
+        samples = (np.arange(diffs.shape[0]), np.arange(diffs.shape[1]))
+
+        def statistic(seeds: np.ndarray, images: np.ndarray, axis: int = -1) -> np.ndarray:
+            return diffs[seeds[..., :, None], images[..., None, :]].mean(axis=(-2, -1))
+
+    result = bootstrap(samples, statistic, paired=False, vectorized=True,
+                       n_resamples=resamples, confidence_level=confidence, method="percentile",
+                       random_state=np.random.default_rng(seed))  # fmt: skip
+    dist = result.bootstrap_distribution
+    p_value = min(1.0, 2 * min(float(np.mean(dist <= 0)), float(np.mean(dist >= 0))))
+    low, high = result.confidence_interval
+    return Interval(mean, float(low), float(high), p_value)
+
+
+def holm(p_values: list[float], alpha: float = 0.05) -> list[tuple[float, bool]]:
+    """Holm's step-down correction: each p-value's adjusted value and whether the
+    comparison survives at family-wise error ``alpha``."""
+    order = np.argsort(p_values)
+    adjusted = np.empty(len(p_values))
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return [(float(p), bool(p <= alpha)) for p in adjusted]
 
 
 def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Two-stage minus each control, per dataset and backbone, paired by seed and image."""
+    """Two-stage minus each control, per dataset and backbone, paired by seed and image;
+    ``holm_p``/``holm_survives`` correct the Dice comparisons for their number."""
     per_image: dict[tuple, dict[int, dict[str, Any]]] = defaultdict(dict)
     for run in runs:
         stage = run.get("stage", "two_stage")
@@ -59,6 +103,11 @@ def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row = {"dataset": dataset, "backbone": backbone, "control": control, "seeds": len(pairs)}
         for metric in ("dice", "det_recall"):
             diffs = np.array([np.subtract(a[metric], b[metric]) for a, b in pairs])
-            row[metric] = paired_bootstrap(diffs)
+            row[metric] = crossed_bootstrap(diffs)
         rows.append(row)
+    scored = [r for r in rows if "refused" not in r]
+    for row, (adjusted, survives) in zip(
+        scored, holm([r["dice"].p_value for r in scored]), strict=True
+    ):
+        row["holm_p"], row["holm_survives"] = adjusted, survives
     return rows

@@ -9,27 +9,47 @@ import numpy as np
 import pytest
 
 from nucleiseg.phases import build_phases
-from nucleiseg.report import comparisons, find_runs, paired_bootstrap, report
+from nucleiseg.report import comparisons, crossed_bootstrap, find_runs, holm, report
 
 from conftest import ROOT, compose_config
 
 
 def test_bootstrap_of_identical_predictions_is_zero_width_at_zero():
-    diffs = np.zeros((3, 10))
-    assert paired_bootstrap(diffs) == (0.0, 0.0, 0.0)
+    assert crossed_bootstrap(np.zeros((3, 10))) == (0.0, 0.0, 0.0, 1.0)
 
 
 def test_bootstrap_of_a_constant_improvement_is_that_constant():
-    mean, low, high = paired_bootstrap(np.full((3, 10), 0.04))
-    assert (mean, low, high) == pytest.approx((0.04, 0.04, 0.04))
+    assert crossed_bootstrap(np.full((3, 10), 0.04)) == pytest.approx((0.04, 0.04, 0.04, 0.0))
 
 
-def test_bootstrap_interval_contains_the_mean_and_narrows_with_more_images():
+def test_bootstrap_reproduces_a_hand_computed_case():
+    # differences = 2 x seed + image on 2 seeds x 2 images. Each resample picks 2 seeds and
+    # 2 images with replacement (16 equally likely (seed, image) draws of the weights
+    # {0, 1/2, 1/2, 1}), so the statistic 2 w_seed + w_image is 0 and 3 with probability
+    # 1/16 each: the 95% interval is [0, 3] and P(statistic <= 0) = 1/16, p = 2/16.
+    result = crossed_bootstrap(np.array([[0.0, 1.0], [2.0, 3.0]]), resamples=20000)
+    assert (result.mean, result.low, result.high) == (1.5, 0.0, 3.0)
+    assert result.p_value == pytest.approx(0.125, abs=0.01)
+
+
+def test_seed_variance_widens_the_interval_beyond_image_resampling():
     rng = np.random.default_rng(0)
-    small = paired_bootstrap(rng.normal(0.02, 0.05, (3, 10)))
-    large = paired_bootstrap(rng.normal(0.02, 0.05, (3, 400)))
-    assert small[1] <= small[0] <= small[2]
-    assert large[2] - large[1] < small[2] - small[1]
+    images = rng.normal(0.02, 0.02, 10)
+    steady = np.stack([images, images, images])  # every seed gives the same differences
+    shifted = steady + np.array([[-0.04], [0.0], [0.04]])  # same mean, seeds disagree
+    a, b = crossed_bootstrap(steady), crossed_bootstrap(shifted)
+    assert a.mean == pytest.approx(b.mean)
+    assert b.high - b.low > 1.5 * (a.high - a.low)
+    large = crossed_bootstrap(rng.normal(0.02, 0.05, (3, 400)))
+    small = crossed_bootstrap(rng.normal(0.02, 0.05, (3, 10)))
+    assert small.low <= small.mean <= small.high and large.high - large.low < small.high - small.low
+
+
+def test_holm_adjusts_step_down_and_keeps_the_order():
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, max(0.04 x 1, 0.06) = 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == [(0.03, True), (0.06, False), (0.06, False),
+                                               (0.02, True)]  # fmt: skip
+    assert holm([]) == []
 
 
 @pytest.mark.parametrize("stage", ["base_extended", "base_wider", "enhance_no_image"])
@@ -105,7 +125,7 @@ def test_report_refuses_to_pair_runs_whose_test_images_differ():
         _run("base_extended", 0, ["a", "b"], [0.7, 0.6]),
     ]
     (row,) = comparisons(same)
-    assert row["dice"][0] == pytest.approx(0.05)
+    assert row["dice"].mean == pytest.approx(0.05)
     other = [*same, _run("two_stage", 1, ["c", "d"], [0.9, 0.9]),
              _run("base_extended", 1, ["c", "d"], [0.1, 0.1])]  # fmt: skip
     (refused,) = comparisons(other)

@@ -49,14 +49,11 @@ report:  ## tables + figures for a sweep: make report SWEEP=multirun_outputs/<da
 	@test -n "$(SWEEP)" || (echo "usage: make report SWEEP=multirun_outputs/<date>/<time>" && exit 2)
 	$(PYTHON) -m nucleiseg.report $(SWEEP)
 
-STUDY_DIR ?= multirun_outputs/study-$(shell date +%Y-%m-%d_%H-%M-%S)
-STUDY_SPLITS ?= image,slide
-study:  ## CPU-scale TNBC study: 3 backbones x (two-stage + 3 controls) x 3 seeds x STUDY_SPLITS
-	$(PYTHON) -m nucleiseg.train -m experiment=study backbone=unet,micronet,unetpp \
-		stage=two_stage,base_extended,base_wider,enhance_no_image seed=0,1,2 \
-		dataset.split_by=$(STUDY_SPLITS) hydra.sweep.dir=$(STUDY_DIR)
-	$(PYTHON) -m nucleiseg.report $(STUDY_DIR)
-	mkdir -p docs/study && cp $(STUDY_DIR)/report.md $(STUDY_DIR)/report.csv docs/study/
+# one fixed study dir: rerun `make study` to continue it
+STUDY_DIR ?= multirun_outputs/study
+study:  ## the study (conf/study.yaml): phase 1 once per seed, arms branch from it; resumable, in parts with MAX_RUNS=n
+	$(PYTHON) -m nucleiseg.study output_dir=$(STUDY_DIR) $(if $(MAX_RUNS),max_runs=$(MAX_RUNS),) $(STUDY_ARGS)
+	mkdir -p docs/study && cp $(STUDY_DIR)/report.md $(STUDY_DIR)/report.csv $(STUDY_DIR)/study_progress.json docs/study/
 	cp $(STUDY_DIR)/figure_*.png docs/study/ 2>/dev/null || true
 
 tnbc-cpu:  ## a TNBC model on a 2-core CPU: train, tune post-processing on validation, score test and CoNSeP (DATA=data, RUN=outputs/tnbc_cpu, ARGS=overrides)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-CONTROLS = ("stage1", "base_extended", "base_wider", "enhance_no_image")
+CONTROLS = ("stage1", "base_extended", "base_wider", "enhance_no_image", "enhance_residual")
 
 
 class Interval(NamedTuple):

@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from nucleiseg.branching import branched_phases
 from nucleiseg.builders import build_loggers, build_modules, fit_stain_normalization
 from nucleiseg.checkpoints import load_weights
 from nucleiseg.phase_runner import reuse_phase, run_phase
@@ -51,6 +52,9 @@ def _train(cfg: DictConfig, run_dir: Path, writer: bool) -> dict[str, Any]:
             "stage.init_from=<run dir>/checkpoints/<phase>/best.ckpt"
         )
     results, loggers = new_results(cfg, run_dir / "config.yaml"), []
+    # a new run may take its first phases from a finished run (stage.branch_from)
+    branching = previous is None and cfg.stage.get("branch_from")
+    branched = branched_phases(cfg, phases, run_dir) if branching else []
     if writer and previous is None:  # a resumed run keeps the config it was begun with
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         write_results(run_dir / "results.json", results)
@@ -70,7 +74,7 @@ def _train(cfg: DictConfig, run_dir: Path, writer: bool) -> dict[str, Any]:
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         snapshots = FigureSnapshots(cfg.get("figures", {}).get("test_images", 0))
-        done = (previous or {}).get("phases", [])
+        done = (previous or {}).get("phases", []) or branched
         for index, phase in enumerate(phases):
             module = modules[phase.module]
             if index < len(done):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nucleiseg.models.enhancer import enhance
 from nucleiseg.models.micronet import MicroNet
 
 TRACE_SIZE = (97, 83)  # not a multiple of 32 in either side: the padding path is traced
@@ -27,24 +28,31 @@ TOLERANCE = 1e-4
 class ExportedModel(nn.Module):
     """Plain nn.Module of the two-stage (or stage-1-only) model returning probabilities."""
 
-    def __init__(self, stage1: nn.Module, enhancer: nn.Module | None, sees_image: bool = True):
+    def __init__(
+        self,
+        stage1: nn.Module,
+        enhancer: nn.Module | None,
+        sees_image: bool = True,
+        residual: bool = False,
+    ):
         super().__init__()
         self.stage1 = stage1
         self.enhancer = enhancer
         self.sees_image = sees_image
+        self.residual = residual
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        prob = torch.sigmoid(self.stage1(image))
+        logits1 = self.stage1(image)
         if self.enhancer is None:
-            return prob
-        features = torch.cat([image, prob], dim=1) if self.sees_image else prob
-        return torch.sigmoid(self.enhancer(features))
+            return torch.sigmoid(logits1)
+        return torch.sigmoid(enhance(self.enhancer, image, logits1, self.sees_image, self.residual))
 
 
 def exported_model(module) -> ExportedModel:
     enhancer = getattr(module, "enhancer", None)
     sees_image = getattr(module, "enhancer_sees_image", True)
-    return ExportedModel(module.stage1, enhancer, sees_image).eval()
+    residual = getattr(module, "residual", False)
+    return ExportedModel(module.stage1, enhancer, sees_image, residual).eval()
 
 
 def export(

@@ -3,7 +3,8 @@
 Phase 2 trains the enhancer on a frozen stage 1 (run under ``no_grad`` and kept in eval
 mode by ``configure_phase``, so BatchNorm statistics do not move); phase 3 fine-tunes both,
 stage 1 back in train mode, the gradient of the final BCE flowing through the stage-1
-probability into stage 1.
+probability into stage 1. ``residual=True`` (``stage=enhance_residual``) adds the
+enhancer's output to stage 1's logit instead of replacing it.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from nucleiseg.lightning.base import OptimizerFactory, SchedulerFactory, SegmentationModule, bce
 from nucleiseg.lightning.stage1 import stage1_logits
+from nucleiseg.models.enhancer import enhance
 
 
 class TwoStageModule(SegmentationModule):
@@ -30,6 +32,7 @@ class TwoStageModule(SegmentationModule):
         stage1_loss_weight: float = 0.0,
         aux_weight: float = 0.0,
         enhancer_sees_image: bool = True,
+        residual: bool = False,
         threshold: float = 0.5,
         postprocess: dict[str, Any] | None = None,
         scheduler: SchedulerFactory | None = None,
@@ -43,6 +46,7 @@ class TwoStageModule(SegmentationModule):
         self.stage1_loss_weight = stage1_loss_weight
         self.aux_weight = aux_weight
         self.enhancer_sees_image = enhancer_sees_image
+        self.residual = residual
 
     @property
     def parts(self) -> dict[str, nn.Module]:
@@ -60,9 +64,8 @@ class TwoStageModule(SegmentationModule):
             weight = self.aux_weight if self.stage1_loss_weight > 0 else 0.0
             logits1, extra = stage1_logits(self.stage1, image, target, weight)
             extra = self.stage1_loss_weight * extra
-        prob1 = torch.sigmoid(logits1)
-        enhancer_input = torch.cat([image, prob1], dim=1) if self.enhancer_sees_image else prob1
-        return {"stage1": logits1, "two_stage": self.enhancer(enhancer_input)}, extra
+        refined = enhance(self.enhancer, image, logits1, self.enhancer_sees_image, self.residual)
+        return {"stage1": logits1, "two_stage": refined}, extra
 
     def loss(self, logits: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         loss = bce(logits["two_stage"], target)

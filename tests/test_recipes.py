@@ -21,7 +21,9 @@ EXPECTED = {
     "two_stage": [STAGE1, ENHANCE, FINETUNE],
     "base": [STAGE1],
     "base_extended": [STAGE1, ("extend", "stage1", ["stage1"], 2 * E, 2 * E, 2 * E, "control", LR)],
-    "base_wider": [("joint", "two_stage", ["stage1", "enhancer"], 3 * E, P, 2 * P, "control", None)],
+    "base_wider": [
+        ("joint", "two_stage", ["stage1", "enhancer"], 3 * E, P, 2 * P, "control", None)
+    ],
     "enhance": [ENHANCE],
     "finetune": [FINETUNE],
     "enhance_no_image": [STAGE1, ENHANCE[:6] + (None, None), FINETUNE[:6] + ("control", LR)],

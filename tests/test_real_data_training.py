@@ -40,3 +40,38 @@ def test_study_reads_tnbc_at_20x_crops_training_and_keeps_whole_test_images(tnbc
     assert val["image"].shape == (3, 256, 256) and val["instances"].shape == (256, 256)
     assert set(val["mask"].unique().tolist()) == {0.0, 1.0}
     assert len(datamodule.dataset("train")) == 30 * cfg.dataset.datamodule.train_repeats
+
+
+def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(tnbc_root, tmp_path):
+    """The recipe's one command end to end (train, tune post-processing on validation,
+    score the TNBC test split and the CoNSeP samples), at toy size: 1 epoch of 2 batches
+    per phase, narrow encoder."""
+    import json
+    import subprocess
+
+    from omegaconf import OmegaConf
+
+    from nucleiseg.precision import cpu_precision
+
+    from conftest import ROOT, SHARED_DATA, shared_dataset
+
+    shared_dataset("lizard_consep_aug")
+    run = tmp_path / "run"
+    toy = ("size=small stage.max_epochs=1 trainer.limit_train_batches=2 figures.test_images=0 "
+           "dataset.datamodule.crop_size=128 trainer.enable_progress_bar=false")  # fmt: skip
+    command = ["make", "tnbc-cpu", f"DATA={SHARED_DATA}", f"RUN={run}", f"ARGS={toy}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "finished" and results["backbone"] == "smp_unet"
+    assert [p["name"] for p in results["phases"]] == ["stage1", "enhance", "finetune"]
+    config = OmegaConf.load(run / "config.yaml")
+    assert config.trainer.precision == cpu_precision() and config.stage.patience == 10
+    tuning = json.loads((run / "tuning" / "postprocess_tuning.json").read_text())
+    assert set(tuning["chosen"]) >= {"threshold", "min_size"}
+    tnbc = json.loads((run / "eval_tnbc" / "results.json").read_text())
+    consep = json.loads((run / "eval_consep" / "results.json").read_text())
+    assert (tnbc["images"], tnbc["split"]) == (10, "test")
+    assert (consep["images"], consep["split"]) == (22, "all")
+    for scored in (tnbc, consep):
+        assert {"dice", "objects"} <= set(scored["test"]["two_stage"])

@@ -8,6 +8,7 @@ record is reused and its best weights loaded instead of training it again.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,7 @@ def run_phase(
     resume_from = str(last) if resume and last.is_file() else None
     if resume_from:
         log.info("phase '%s' continues from %s", phase.name, resume_from)
+    started = time.monotonic()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         stop = stop_reason(trainer, early_stopping, phase)
@@ -152,5 +154,7 @@ def run_phase(
         "best_val_loss": float(best) if best is not None else None,
         "stop_reason": stop,
         "best_checkpoint": _relative(checkpoint.best_model_path, run_dir),
+        # training and testing this phase took in this process (a resumed phase: since resume)
+        "wall_seconds": round(time.monotonic() - started, 1),
         "test": test_metrics,
     }

@@ -120,6 +120,7 @@ def test_next_phase_starts_from_the_best_not_the_last_epoch(tmp_path):
     first = results["phases"][0]
     assert first["epochs"] == 4 and first["stop_reason"] == "max_epochs"
     assert first["best_epoch"] < first["epochs"] - 1  # the best precedes the last
+    assert first["wall_seconds"] > 0  # measured per phase
 
     def stage1_weights(path):
         state = torch.load(path, weights_only=True)["state_dict"]

@@ -7,6 +7,7 @@ SEEDS ?= 0,1,2
 LOGGER ?= csv
 RUN ?= outputs/tnbc_cpu
 ARGS ?=
+TUNE_ARGS ?=
 TNBC_ROOT ?= $(DATA)/TNBC_NucleiSegmentation
 CONSEP_ROOT ?= $(DATA)/lizard_consep_aug
 
@@ -56,9 +57,9 @@ study:  ## the study (conf/study.yaml): phase 1 once per seed, arms branch from 
 	mkdir -p docs/study && cp $(STUDY_DIR)/report.md $(STUDY_DIR)/report.csv $(STUDY_DIR)/study_progress.json docs/study/
 	cp $(STUDY_DIR)/figure_*.png docs/study/ 2>/dev/null || true
 
-tnbc-cpu:  ## a TNBC model on a 2-core CPU: train, tune post-processing on validation, score test and CoNSeP (DATA=data, RUN=outputs/tnbc_cpu, ARGS=overrides)
+tnbc-cpu:  ## a TNBC model on a 2-core CPU: train, tune post-processing on validation, score test and CoNSeP (DATA=data, RUN=outputs/tnbc_cpu, ARGS=overrides for all, TUNE_ARGS=grid)
 	$(PYTHON) -m nucleiseg.train experiment=tnbc_cpu dataset.root=$(TNBC_ROOT) paths.output_dir=$(RUN) $(ARGS)
-	$(PYTHON) -m nucleiseg.tune_postprocess experiment=tnbc_cpu dataset.root=$(TNBC_ROOT) ckpt=$(RUN)/checkpoints/finetune/best.ckpt paths.output_dir=$(RUN)/tuning $(ARGS)
+	$(PYTHON) -m nucleiseg.tune_postprocess experiment=tnbc_cpu dataset.root=$(TNBC_ROOT) ckpt=$(RUN)/checkpoints/finetune/best.ckpt paths.output_dir=$(RUN)/tuning $(ARGS) $(TUNE_ARGS)
 	$(PYTHON) -m nucleiseg.evaluate experiment=tnbc_cpu dataset.root=$(TNBC_ROOT) ckpt=$(RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(RUN)/eval_tnbc trainer.precision=32-true $(ARGS)
 	$(PYTHON) -m nucleiseg.evaluate experiment=tnbc_cpu dataset=folder dataset.root=$(CONSEP_ROOT) whole_dataset=true ckpt=$(RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(RUN)/eval_consep trainer.precision=32-true $(ARGS)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 from hydra.utils import instantiate
 
 from nucleiseg.data.splits import read_split_file
@@ -42,24 +43,35 @@ def test_study_reads_tnbc_at_20x_crops_training_and_keeps_whole_test_images(tnbc
     assert len(datamodule.dataset("train")) == 30 * cfg.dataset.datamodule.train_repeats
 
 
-def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(tnbc_root, tmp_path):
+def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(
+    tnbc_root, lizard_pairs, tmp_path
+):
     """The recipe's one command end to end (train, tune post-processing on validation,
-    score the TNBC test split and the CoNSeP samples), at toy size: 1 epoch of 2 batches
-    per phase, narrow encoder."""
+    score the TNBC test split and CoNSeP samples), at toy size: 1 epoch of 2 batches per
+    phase, narrow encoder, a 2-setting tuning grid, 3 of the CoNSeP samples."""
     import json
     import subprocess
 
     from omegaconf import OmegaConf
+    from PIL import Image
 
     from nucleiseg.precision import cpu_precision
 
-    from conftest import ROOT, SHARED_DATA, shared_dataset
+    from conftest import ROOT
 
-    shared_dataset("lizard_consep_aug")
+    consep = tmp_path / "consep"
+    for folder in ("images", "masks"):
+        (consep / folder).mkdir(parents=True)
+    for stem, image, mask in lizard_pairs[:3]:
+        Image.fromarray(image).save(consep / "images" / f"{stem}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(consep / "masks" / f"{stem}.png")
     run = tmp_path / "run"
-    toy = ("size=small stage.max_epochs=1 trainer.limit_train_batches=2 figures.test_images=0 "
+    toy = ("size=small stage.max_epochs=1 ++trainer.limit_train_batches=2 "
+           "++trainer.limit_val_batches=1 figures.test_images=0 "
            "dataset.datamodule.crop_size=128 trainer.enable_progress_bar=false")  # fmt: skip
-    command = ["make", "tnbc-cpu", f"DATA={SHARED_DATA}", f"RUN={run}", f"ARGS={toy}"]
+    grid = "grid.threshold=[0.5] grid.min_size=[10] grid.min_distance=[4,8] grid.h=[]"
+    command = ["make", "tnbc-cpu", f"TNBC_ROOT={tnbc_root}", f"CONSEP_ROOT={consep}",
+               f"RUN={run}", f"ARGS={toy}", f"TUNE_ARGS={grid}"]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     results = json.loads((run / "results.json").read_text())
@@ -68,10 +80,10 @@ def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(tnbc_
     config = OmegaConf.load(run / "config.yaml")
     assert config.trainer.precision == cpu_precision() and config.stage.patience == 10
     tuning = json.loads((run / "tuning" / "postprocess_tuning.json").read_text())
-    assert set(tuning["chosen"]) >= {"threshold", "min_size"}
+    assert tuning["chosen"]["min_distance"] in (4, 8)
     tnbc = json.loads((run / "eval_tnbc" / "results.json").read_text())
-    consep = json.loads((run / "eval_consep" / "results.json").read_text())
+    scored_consep = json.loads((run / "eval_consep" / "results.json").read_text())
     assert (tnbc["images"], tnbc["split"]) == (10, "test")
-    assert (consep["images"], consep["split"]) == (22, "all")
-    for scored in (tnbc, consep):
+    assert (scored_consep["images"], scored_consep["split"]) == (3, "all")
+    for scored in (tnbc, scored_consep):
         assert {"dice", "objects"} <= set(scored["test"]["two_stage"])

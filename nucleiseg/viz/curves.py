@@ -33,6 +33,10 @@ def read_phase_series(csv_path: Path, phases: list[dict[str, Any]]) -> dict[str,
     return {"series": series, "boundaries": boundaries, "names": [p["name"] for p in phases]}
 
 
+#: how each phase ended, written under its name (early stopping or the epoch cap)
+STOP_LABELS = {"early_stopping": "(early stop)", "max_epochs": "(epoch cap)"}
+
+
 def plot_learning_curves(csv_path: Path, phases: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -40,6 +44,7 @@ def plot_learning_curves(csv_path: Path, phases: list[dict[str, Any]], path: Pat
     import matplotlib.pyplot as plt
 
     data = read_phase_series(csv_path, phases)
+    stops = {p.get("name"): p.get("stop_reason") for p in phases}
     fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 3.6))
     for label in ("train loss", "val loss"):
         points = sorted(data["series"][label])
@@ -51,12 +56,14 @@ def plot_learning_curves(csv_path: Path, phases: list[dict[str, Any]], path: Pat
     for ax in (ax_loss, ax_dice):
         for start, name in zip(data["boundaries"], data["names"], strict=True):
             ax.axvline(start + 0.5, color="gray", linestyle="--", linewidth=0.8)
+            label = f"{name}\n{STOP_LABELS.get(stops.get(name), '')}".strip()
             ax.text(
-                start + 0.6, 1.0, name, transform=ax.get_xaxis_transform(), fontsize=8, va="top"
+                start + 0.6, 1.0, label, transform=ax.get_xaxis_transform(), fontsize=8, va="top"
             )
         ax.set_xlabel("epoch (all phases)")
-        ax.legend(loc="lower left" if ax is ax_dice else "upper right", fontsize=8)
-    ax_loss.set_ylabel("BCE loss")
+        ax.legend(loc="lower left" if ax is ax_dice else "center right", fontsize=8)
+    ax_loss.set_ylabel("BCE loss (log scale)")
+    ax_loss.set_yscale("log")  # a first-epoch spike would flatten the rest of the curve
     ax_dice.set_ylabel("Dice")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

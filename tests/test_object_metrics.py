@@ -53,6 +53,7 @@ def test_empty_prediction():
     assert (s["det_recall"], s["pq"], s["aji"]) == (0.0, 0.0, 0.0)
     assert s["det_precision"] == 1.0  # nothing was predicted, nothing falsely
     assert s["count_error"] == -1 and s["abs_count_error"] == 1
+    assert s["true_count"] == 1 and s["abs_count_error_pct"] == 100.0
 
 
 def test_empty_ground_truth():

@@ -123,6 +123,15 @@ class NucleusMetrics(Metric):
             "aji": _ratio(float(self.aji_c), float(self.aji_u)),
             "count_error": float(self.count_err) / images,
             "abs_count_error": float(self.abs_count_err) / images,
+            "true_count": (tp + fn) / images,  # true nuclei per image
+            # absolute count error as a share of the true count, in percent
+            "abs_count_error_pct": (
+                100 * float(self.abs_count_err) / (tp + fn)
+                if tp + fn
+                else 0.0
+                if float(self.abs_count_err) == 0
+                else float("nan")
+            ),
         }
         return {k: torch.tensor(v) for k, v in values.items()}
 

@@ -241,6 +241,24 @@ def sweep_figures(runs: list[dict[str, Any]], out_dir: Path, image_index: int = 
     return written
 
 
+def stop_summary(runs: list[dict[str, Any]]) -> list[str]:
+    """How the phases of the finished runs ended: a converged study wants early stopping
+    everywhere, so the phases the epoch cap ended are named."""
+    phases = [(run, p) for run in runs for p in run.get("phases", [])]
+    if not phases:
+        return []
+    capped = [(run, p) for run, p in phases if p.get("stop_reason") == "max_epochs"]
+    early = sum(p.get("stop_reason") == "early_stopping" for _, p in phases)
+    lines = ["### how the phases ended", "",
+             f"{len(phases)} phases in {len(runs)} finished runs: {early} ended by early "
+             f"stopping, {len(capped)} by the epoch cap, {len(phases) - early - len(capped)} "
+             "otherwise (a shared phase taken from another run counts in each run)."]  # fmt: skip
+    for run, phase in capped:
+        lines.append(f"- epoch cap: {run.get('run_dir', '?')} phase '{phase.get('name')}' "
+                     f"({phase.get('epochs')} epochs)")  # fmt: skip
+    return [*lines, ""]
+
+
 def report(sweep_dir: str | Path) -> str:
     """Write the report files into ``sweep_dir``; return the markdown table."""
     sweep_dir = Path(sweep_dir)
@@ -255,7 +273,7 @@ def report(sweep_dir: str | Path) -> str:
     main_runs = [r for r in sweep.finished if r.get("stage", "two_stage") in MAIN_STAGES]
     rows = build_rows(main_runs)
     text = markdown(rows, sweep) + "\n".join(
-        ["", *comparison_markdown(comparisons(sweep.finished))]
+        ["", *comparison_markdown(comparisons(sweep.finished)), *stop_summary(sweep.finished)]
     )
     (sweep_dir / "report.md").write_text(f"# nucleiseg report: {sweep_dir}\n\n{text}")
     write_csv(rows, sweep_dir / "report.csv")

@@ -92,6 +92,11 @@ def test_controls_run_through_the_sweep_and_appear_in_the_report(tmp_path):
     assert "two-stage minus control" in text
     for control in rows:
         assert f"| {control} | 1 |" in text
+    # one epoch per phase: the report names every phase the epoch cap ended
+    assert "### how the phases ended" in text
+    phases = sum(len(r["phases"]) for r in runs)
+    assert f"{phases} phases in 4 finished runs: 0 ended by early stopping, {phases} by" in text
+    assert text.count("- epoch cap: ") == phases
     # the headline table holds the two-stage run only, not the controls' stage-1 rows
     headline = text.split("### does stage 2 help")[0]
     assert "| U-Net | 1 |" in headline and headline.count("| U-Net | ") == 1

@@ -30,8 +30,12 @@ class BranchError(ValueError):
 
 
 def _shaping_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config without the recipe keys; paths inside the run's own dir (its split.csv,
+    ...) are written relative to it, since each run has its own dir."""
     flat = comparable_config(cfg)
-    return {k: v for k, v in flat.items() if not k.startswith(RECIPE_KEYS)}
+    run_dir = str(cfg.paths.output_dir)
+    return {k: v.replace(run_dir, "<run dir>") if isinstance(v, str) else v
+            for k, v in flat.items() if not k.startswith(RECIPE_KEYS)}  # fmt: skip
 
 
 def branched_phases(cfg: DictConfig, phases: list[Phase], run_dir: Path) -> list[dict[str, Any]]:

@@ -120,3 +120,25 @@ def test_residual_enhancer_starts_at_stage_one_and_then_learns():
         exported = exported_model(module)(image)
     assert not torch.equal(after["two_stage"], after["stage1"])
     assert np.allclose(exported.numpy(), torch.sigmoid(after["two_stage"]).numpy(), atol=1e-6)
+
+
+def test_branching_ignores_paths_inside_each_run_dir(tmp_path, tnbc_root):
+    """Real datasets write split.csv into the run dir: that path differs between the
+    source and the branch and must not block sharing phase 1."""
+    from nucleiseg.branching import branched_phases
+    from nucleiseg.phases import build_phases
+
+    tnbc = ["dataset=tnbc", f"dataset.root={tnbc_root}", *TINY]
+    source = tmp_path / "two_stage"
+    source_cfg = compose_config(tnbc, source)
+    assert str(source) in str(source_cfg.dataset.datamodule.split_output)
+    (source / "checkpoints" / "stage1").mkdir(parents=True)
+    (source / "checkpoints" / "stage1" / "best.ckpt").write_bytes(b"weights")
+    OmegaConf.save(source_cfg, source / "config.yaml", resolve=True)
+    record = {"name": "stage1", "best_checkpoint": "checkpoints/stage1/best.ckpt", "epochs": 3}
+    (source / "results.json").write_text(json.dumps({"phases": [record]}))
+    branch = tmp_path / "base_extended"
+    cfg = compose_config([*tnbc, "stage=base_extended", f"stage.branch_from={source}"], branch)
+    (shared,) = branched_phases(cfg, build_phases(cfg), branch)
+    assert shared["epochs"] == 3
+    assert (branch / shared["best_checkpoint"]).resolve() == source / "checkpoints/stage1/best.ckpt"

@@ -6,6 +6,7 @@ import json
 import logging
 
 import pytest
+import wandb
 
 from nucleiseg.loggers import wandb_logger
 from nucleiseg.training import train
@@ -33,6 +34,10 @@ def test_offline_run_is_written_and_readable(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_config(smoke_overrides("logger=wandb", "stage.max_epochs=1"), tmp_path)
     results = train(cfg)
+    # finish() returns once the exit record is delivered; the service writes the run's
+    # transaction log (.wandb) asynchronously and closes it on teardown (a CI run read it
+    # before that, header only), so wait the way the process's atexit hook would.
+    wandb.teardown()
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     files = runs[0] / "files"

@@ -20,7 +20,7 @@ FINETUNE = ("finetune", "two_stage", ["stage1", "enhancer"], E, 1, P, "two_stage
 EXPECTED = {
     "two_stage": [STAGE1, ENHANCE, FINETUNE],
     "base": [STAGE1],
-    "base_extended": [STAGE1, ("extend", "stage1", ["stage1"], 2 * E, 2 * E, 2 * E, "control", LR)],
+    "base_extended": [STAGE1, ("extend", "stage1", ["stage1"], 2 * E, 1, P, "control", LR)],
     "base_wider": [
         ("joint", "two_stage", ["stage1", "enhancer"], 3 * E, P, 2 * P, "control", None)
     ],

@@ -39,6 +39,8 @@ PAPER_DICE = {
     "lizard": {"unet": (0.786, 0.806), "micronet": (0.780, 0.790), "unetpp": (0.757, 0.769)},
     "tnbc": {"unet": (0.827, 0.832), "micronet": (0.789, 0.804), "unetpp": (0.649, 0.721)},
 }
+# smp's ResNet networks are set beside the paper's network of their family (marked °).
+PAPER_COUNTERPART = {"smp_unet": "unet", "smp_unetpp": "unetpp"}
 
 
 MAIN_STAGES = ("two_stage", "base")
@@ -93,7 +95,8 @@ def build_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for dataset, backbone in sorted(groups, key=order):
         group = groups[(dataset, backbone)]
-        paper = PAPER_DICE.get(group[0]["dataset"], {}).get(backbone)
+        paper_backbone = PAPER_COUNTERPART.get(backbone, backbone)
+        paper = PAPER_DICE.get(group[0]["dataset"], {}).get(paper_backbone)
         stage1_dice = {
             r["seed"]: r["test"]["stage1"]["dice"] for r in group if "stage1" in r["test"]
         }
@@ -110,6 +113,7 @@ def build_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "model": BACKBONE_NAMES.get(backbone, backbone) + (" †" if dagger else ""),
                 "seeds": len(tested),
                 "paper_dice": paper_dice,
+                "paper_counterpart": paper_backbone != backbone,
             }
             for metric in METRICS:
                 row[metric] = mean_std([r["test"][output][metric] for r in tested])
@@ -149,6 +153,8 @@ def markdown(rows: list[dict[str, Any]], sweep: Sweep) -> str:
             change = _fmt(r.get("dice_change"), n, signed=True) if "dice_change" in r else ""
             paper_change = f"{r['paper_change']:+.3f}" if "paper_change" in r else ""
             paper = f"{r['paper_dice']:.3f}" if r["paper_dice"] is not None else "–"
+            if r["paper_dice"] is not None and r.get("paper_counterpart"):
+                paper += " °"
             cells = [_fmt(r[m], n) for m in METRICS]
             row = [r["model"], str(n), *cells, change, paper, paper_change]
             lines.append("| " + " | ".join(row) + " |")
@@ -163,7 +169,9 @@ def markdown(rows: list[dict[str, Any]], sweep: Sweep) -> str:
         lines.append("")
     lines.append(
         "† = with the enhancement network (two-stage). Mean ± std over seeds; "
-        "pixel metrics micro-averaged over the test split."
+        "pixel metrics micro-averaged over the test split (pooled pixels, not a mean of "
+        "per-image Dice). ° = the paper's network of that family (its classic U-Net or "
+        "U-Net++), not the same network."
     )
     return "\n".join(lines) + "\n"
 

@@ -44,6 +44,15 @@ def test_rows_aggregate_seeds_and_pair_the_dagger_change(tmp_path):
     assert plain["paper_dice"] == 0.827 and dagger["paper_dice"] == 0.832
 
 
+def test_smp_networks_stand_beside_the_papers_network_of_their_family_marked(tmp_path):
+    fake_run(tmp_path / "0", "tnbc", "smp_unet", 0, 0.80, 0.81)
+    rows = build_rows(find_runs(tmp_path).finished)
+    assert [r["paper_dice"] for r in rows] == [0.827, 0.832]
+    assert all(r["paper_counterpart"] for r in rows)
+    text = report(tmp_path)
+    assert "| U-Net (smp, ResNet) † | 1 |" in text and "| 0.832 ° |" in text
+
+
 def test_report_lists_failed_runs_and_writes_md_csv_tex(tmp_path, capsys):
     fake_run(tmp_path / "0", "lizard", "micronet", 0, 0.7, 0.72)
     (tmp_path / "1" / ".hydra").mkdir(parents=True)  # a job that died before results.json

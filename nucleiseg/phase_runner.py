@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
 from omegaconf import DictConfig
 
 from nucleiseg.callbacks.checkpoint_io import AtomicCheckpointIO
@@ -56,6 +56,7 @@ def phase_trainer(
         PhaseController(phase, index, epoch_offset),
         RandomStateCheckpoint(),
         PreemptionCheckpoint(checkpoint_dir),
+        Timer(verbose=False),  # training time, carried in last.ckpt across a resume
         early_stopping,
         checkpoint,
         last,
@@ -72,6 +73,12 @@ def phase_trainer(
         default_root_dir=str(run_dir),
     )
     return trainer, checkpoint, early_stopping
+
+
+def fit_seconds(trainer: L.Trainer) -> float:
+    """Seconds ``fit`` trained this phase, earlier attempts included (0 without a Timer)."""
+    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    return float(timers[0].time_elapsed("train")) if timers else 0.0
 
 
 def stop_reason(trainer: L.Trainer, early_stopping: EarlyStopping, phase: Phase) -> str:
@@ -130,9 +137,9 @@ def run_phase(
     resume_from = str(last) if resume and last.is_file() else None
     if resume_from:
         log.info("phase '%s' continues from %s", phase.name, resume_from)
-    started = time.monotonic()
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        started = time.monotonic()
         stop = stop_reason(trainer, early_stopping, phase)
         best_epoch = None
         if checkpoint.best_model_path:  # read once: the weights, and the epoch they are from
@@ -154,7 +161,8 @@ def run_phase(
         "best_val_loss": float(best) if best is not None else None,
         "stop_reason": stop,
         "best_checkpoint": _relative(checkpoint.best_model_path, run_dir),
-        # training and testing this phase took in this process (a resumed phase: since resume)
-        "wall_seconds": round(time.monotonic() - started, 1),
+        # training (Lightning's Timer: a resumed phase adds the time up to its last
+        # checkpoint in earlier attempts) and testing this phase
+        "wall_seconds": round(fit_seconds(trainer) + time.monotonic() - started, 1),
         "test": test_metrics,
     }

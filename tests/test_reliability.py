@@ -56,13 +56,18 @@ def test_sigkill_in_phase2_then_resume_gives_the_uninterrupted_results(uninterru
     assert killed.returncode == -9  # SIGKILL: no chance to clean up
     state = results(tmp_path)
     assert state["status"] == "running" and [p["name"] for p in state["phases"]] == ["stage1"]
-    assert (tmp_path / "checkpoints" / "enhance" / "last.ckpt").is_file()
+    last = torch.load(tmp_path / "checkpoints" / "enhance" / "last.ckpt", weights_only=False)
+    timer = next(v for k, v in last["callbacks"].items() if k.startswith("Timer"))
+    trained_before_kill = timer["time_elapsed"]["train"]
+    assert trained_before_kill > 0
     resumed = run_train(f"hydra.run.dir={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "continues from" in resumed.stdout + resumed.stderr
     final = results(tmp_path)
     assert final["status"] == "finished"
     assert [p["epochs"] for p in final["phases"]] == [p["epochs"] for p in uninterrupted["phases"]]
+    # the resumed phase's wall time counts the training done before the kill
+    assert final["phases"][1]["wall_seconds"] >= trained_before_kill
     assert pixel_tests(final) == pytest.approx(pixel_tests(uninterrupted), abs=1e-6)
     # the learning curves of the phase finished before the kill survive the resume
     import csv

@@ -44,3 +44,18 @@ def test_every_recipe_composes_the_phases_it_always_ran(recipe):
 def test_a_phase_override_on_the_command_line_reaches_that_phase_only():
     cfg = compose_config(["stage.phases.enhance.patience=7"])
     assert [p.patience for p in build_phases(cfg)] == [3, 7, 3]  # synthetic: patience 3
+
+
+@pytest.mark.parametrize(("backbone", "study", "cpu"), [("micronet", 4, 8), ("unetpp", 8, 16)])
+def test_the_study_narrows_the_papers_networks_and_tnbc_cpu_keeps_its_widths(backbone, study, cpu):
+    from hydra.utils import instantiate
+
+    narrow = compose_config(["experiment=study", f"backbone={backbone}"])
+    assert narrow.backbone.net.base_channels == study
+    assert (
+        compose_config(["experiment=tnbc_cpu", f"backbone={backbone}"]).backbone.net.base_channels
+        == cpu
+    )
+    assert narrow.stage.max_epochs == 200  # a guard: early stopping ends every phase
+    weights = sum(p.numel() for p in instantiate(narrow.backbone.net).parameters())
+    assert weights < 1_000_000  # the study widths: 0.72 M (Micro-Net), 0.57 M (U-Net++)

@@ -76,9 +76,9 @@ def phase_trainer(
 
 
 def fit_seconds(trainer: L.Trainer) -> float:
-    """Seconds ``fit`` trained this phase, earlier attempts included (0 without a Timer)."""
-    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
-    return float(timers[0].time_elapsed("train")) if timers else 0.0
+    """Seconds ``fit`` trained this phase, earlier attempts included (``phase_trainer``'s Timer)."""
+    timer = next(c for c in trainer.callbacks if isinstance(c, Timer))
+    return float(timer.time_elapsed("train"))
 
 
 def stop_reason(trainer: L.Trainer, early_stopping: EarlyStopping, phase: Phase) -> str:

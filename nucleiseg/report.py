@@ -153,7 +153,7 @@ def markdown(rows: list[dict[str, Any]], sweep: Sweep) -> str:
             change = _fmt(r.get("dice_change"), n, signed=True) if "dice_change" in r else ""
             paper_change = f"{r['paper_change']:+.3f}" if "paper_change" in r else ""
             paper = f"{r['paper_dice']:.3f}" if r["paper_dice"] is not None else "–"
-            if r["paper_dice"] is not None and r.get("paper_counterpart"):
+            if r["paper_dice"] is not None and r["paper_counterpart"]:
                 paper += " °"
             cells = [_fmt(r[m], n) for m in METRICS]
             row = [r["model"], str(n), *cells, change, paper, paper_change]

@@ -21,6 +21,25 @@ def test_h_maxima_markers_split_touching_nuclei_and_keep_an_elongated_one_whole(
     assert len(np.unique(peaks[:, 75:])) - 1 > 1  # what fixed-distance peaks do to it
 
 
+def test_tuning_scores_its_choice_on_the_true_masks_too():
+    from nucleiseg.tune_postprocess import tune
+
+    truth = np.zeros((64, 96), np.int32)
+    truth[disk((20, 20), 8)] = 1
+    truth[disk((44, 70), 10)] = 2  # two separate nuclei: post-processing alone loses nothing
+    merged = np.zeros_like(truth)
+    merged[disk((32, 30), 10)] = 1
+    merged[disk((32, 48), 10)] = 1  # two touching discs annotated as one blob
+    grid = {"threshold": [0.5], "min_size": [5], "min_distance": [6], "h": []}
+    predicted = [np.where(t > 0, 0.9, 0.0) for t in (truth, merged)]
+    predicted[0][disk((50, 20), 6)] = 0.9  # and one false nucleus of the model's own
+    result = tune(predicted, [truth, merged], grid, {"fill_holes": True})
+    floor = result["chosen_on_true_masks"]
+    assert result["chosen_scores"]["count_error"] == pytest.approx(1.0)  # with the model's own
+    assert floor["count_error"] == pytest.approx(0.5)  # the blob split in two, on one of two
+    assert floor["det_f1"] < 1.0
+
+
 def test_unknown_marker_kind_is_refused():
     with pytest.raises(ValueError, match="markers"):
         InstanceSettings(markers="watershed")
@@ -43,6 +62,7 @@ def test_tuning_picks_the_count_closest_setting_on_val_and_writes_a_tuned_copy(s
     best = min(r["relative_abs_count_error"] for r in result["candidates"])
     assert result["chosen_scores"]["relative_abs_count_error"] == best
     assert (tmp_path / "postprocess_tuning.json").is_file()
+    assert 0 <= result["chosen_on_true_masks"]["relative_abs_count_error"] < 1
     module, _ = load_model(result["tuned_checkpoint"])
     chosen = InstanceSettings(**result["chosen"])
     assert module.instance_settings == chosen

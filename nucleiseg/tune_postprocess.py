@@ -78,8 +78,11 @@ def tune(probs: list, truths: list, grid: dict[str, Any], base: dict[str, Any]) 
             "candidates": table}  # fmt: skip
 
 
-def write_tuned_checkpoint(checkpoint: Path, settings: dict[str, Any]) -> Path:
-    """A copy of ``checkpoint`` whose stored post-processing is ``settings``."""
+def write_tuned_checkpoint(
+    checkpoint: Path, settings: dict[str, Any], target: Path | None = None
+) -> Path:
+    """A copy of ``checkpoint`` whose stored post-processing is ``settings``, at ``target``
+    (default: ``<stem>.tuned.ckpt`` beside it)."""
     from nucleiseg.checkpoints import read_checkpoint
 
     state = read_checkpoint(checkpoint)
@@ -88,7 +91,10 @@ def write_tuned_checkpoint(checkpoint: Path, settings: dict[str, Any]) -> Path:
         module_cfg = state["nucleiseg"].get("model", {}).get(key)
         if isinstance(module_cfg, dict):  # pixel metrics keep their own threshold (0.5)
             module_cfg["postprocess"] = dict(settings)
-    target = checkpoint.with_name(f"{checkpoint.stem}.tuned.ckpt")
+    target = target or checkpoint.with_name(f"{checkpoint.stem}.tuned.ckpt")
+    if target.resolve() == checkpoint.resolve():
+        raise ValueError(f"tuned_ckpt={target} is the checkpoint itself: name another file")
+    target.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(target, lambda tmp: torch.save(state, tmp))
 
 
@@ -107,7 +113,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     base = OmegaConf.to_container(cfg.postprocess, resolve=True)
     result = tune(probs, truths, OmegaConf.to_container(cfg.grid, resolve=True), base)
     result["checkpoint"] = str(checkpoint)
-    result["tuned_checkpoint"] = str(write_tuned_checkpoint(checkpoint, result["chosen"]))
+    target = Path(cfg.tuned_ckpt) if cfg.get("tuned_ckpt") else None
+    result["tuned_checkpoint"] = str(write_tuned_checkpoint(checkpoint, result["chosen"], target))
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "postprocess_tuning.json", result)

@@ -67,3 +67,22 @@ def test_tuning_picks_the_count_closest_setting_on_val_and_writes_a_tuned_copy(s
     chosen = InstanceSettings(**result["chosen"])
     assert module.instance_settings == chosen
     assert ckpt.read_bytes() == original  # the original checkpoint is never changed
+
+
+def test_tuned_copy_goes_where_asked_and_never_over_the_checkpoint(smoke_run, tmp_path):
+    from nucleiseg.inference.loading import load_model
+    from nucleiseg.tune_postprocess import write_tuned_checkpoint
+
+    run_dir, _ = smoke_run
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    settings = {"threshold": 0.6, "min_distance": 5, "min_size": 12, "fill_holes": True,
+                "markers": "peaks", "h": 1.0}  # fmt: skip
+    default = ckpt.with_name("best.tuned.ckpt")
+    before = default.read_bytes() if default.exists() else None
+    written = write_tuned_checkpoint(ckpt, settings, tmp_path / "wide" / "grid.ckpt")
+    assert written == tmp_path / "wide" / "grid.ckpt" and written.is_file()
+    assert (default.read_bytes() if default.exists() else None) == before  # left as it was
+    module, _ = load_model(written)
+    assert module.instance_settings == InstanceSettings(**settings)
+    with pytest.raises(ValueError, match="the checkpoint itself"):
+        write_tuned_checkpoint(ckpt, settings, ckpt)

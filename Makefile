@@ -55,7 +55,7 @@ STUDY_DIR ?= multirun_outputs/study
 # each part's report lands in STUDY_DOCS (docs/study/ holds the finished study's)
 STUDY_DOCS ?= docs/study/current
 study:  ## the study (conf/study.yaml; DATA=data): phase 1 once per seed, arms branch from it; resumable, in parts with MAX_RUNS=n
-	$(PYTHON) -m nucleiseg.study output_dir=$(STUDY_DIR) "overrides=['experiment=study','paths.data_dir=$(DATA)']" $(if $(MAX_RUNS),max_runs=$(MAX_RUNS),) $(STUDY_ARGS)
+	$(PYTHON) -m nucleiseg.study output_dir=$(STUDY_DIR) "overrides=['experiment=study','dataset.root=$(TNBC_ROOT)']" $(if $(MAX_RUNS),max_runs=$(MAX_RUNS),) $(STUDY_ARGS)
 	mkdir -p $(STUDY_DOCS) && cp $(STUDY_DIR)/study_progress.json $(STUDY_DOCS)/
 	cp $(STUDY_DIR)/report.md $(STUDY_DIR)/report.csv $(STUDY_DIR)/figure_*.png $(STUDY_DOCS)/ 2>/dev/null || true
 

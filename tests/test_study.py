@@ -142,3 +142,27 @@ def test_branching_ignores_paths_inside_each_run_dir(tmp_path, tnbc_root):
     (shared,) = branched_phases(cfg, build_phases(cfg), branch)
     assert shared["epochs"] == 3
     assert (branch / shared["best_checkpoint"]).resolve() == source / "checkpoints/stage1/best.ckpt"
+
+
+def test_make_study_command_parses_and_points_every_run_at_data(tmp_path):
+    """The Makefile's study line runs as printed (Hydra's grammar) and passes DATA on."""
+    import shlex
+    import subprocess
+    import sys
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from conftest import ROOT
+
+    printed = subprocess.run(["make", "-n", "study", "DATA=/data/here", f"STUDY_DIR={tmp_path}",
+                              "MAX_RUNS=0", f"PYTHON={sys.executable}"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout.splitlines()[0]  # fmt: skip
+    argv = shlex.split(printed)
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    progress = json.loads((tmp_path / "study_progress.json").read_text())
+    assert progress["runs"] == progress["left"] == 78 and progress["trained_this_call"] == 0
+    (overrides,) = [a for a in argv if a.startswith("overrides=")]
+    per_run = OverridesParser.create().parse_overrides([overrides])[0].value()
+    cfg = compose_config([*per_run, "backbone=smp_unet", "stage=two_stage"], tmp_path / "run")
+    assert cfg.dataset.root == "/data/here/TNBC_NucleiSegmentation"

@@ -139,7 +139,7 @@ def run_phase(
         log.info("phase '%s' continues from %s", phase.name, resume_from)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
-        started = time.monotonic()
+        fit_done = time.monotonic()  # the rest: best weights back, testing
         stop = stop_reason(trainer, early_stopping, phase)
         best_epoch = None
         if checkpoint.best_model_path:  # read once: the weights, and the epoch they are from
@@ -163,6 +163,6 @@ def run_phase(
         "best_checkpoint": _relative(checkpoint.best_model_path, run_dir),
         # training (Lightning's Timer: a resumed phase adds the time up to its last
         # checkpoint in earlier attempts) and testing this phase
-        "wall_seconds": round(fit_seconds(trainer) + time.monotonic() - started, 1),
+        "wall_seconds": round(fit_seconds(trainer) + time.monotonic() - fit_done, 1),
         "test": test_metrics,
     }

@@ -94,7 +94,6 @@ def write_tuned_checkpoint(
     target = target or checkpoint.with_name(f"{checkpoint.stem}.tuned.ckpt")
     if target.resolve() == checkpoint.resolve():
         raise ValueError(f"tuned_ckpt={target} is the checkpoint itself: name another file")
-    target.parent.mkdir(parents=True, exist_ok=True)
     return write_atomic(target, lambda tmp: torch.save(state, tmp))
 
 

@@ -51,11 +51,9 @@ def test_the_study_narrows_the_papers_networks_and_tnbc_cpu_keeps_its_widths(bac
     from hydra.utils import instantiate
 
     narrow = compose_config(["experiment=study", f"backbone={backbone}"])
+    recipe = compose_config(["experiment=tnbc_cpu", f"backbone={backbone}"])
     assert narrow.backbone.net.base_channels == study
-    assert (
-        compose_config(["experiment=tnbc_cpu", f"backbone={backbone}"]).backbone.net.base_channels
-        == cpu
-    )
+    assert recipe.backbone.net.base_channels == cpu
     assert narrow.stage.max_epochs == 200  # a guard: early stopping ends every phase
     weights = sum(p.numel() for p in instantiate(narrow.backbone.net).parameters())
     assert weights < 1_000_000  # the study widths: 0.72 M (Micro-Net), 0.57 M (U-Net++)

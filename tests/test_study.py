@@ -154,9 +154,12 @@ def test_make_study_command_parses_and_points_every_run_at_data(tmp_path):
 
     from conftest import ROOT
 
-    printed = subprocess.run(["make", "-n", "study", "DATA=/data/here", f"STUDY_DIR={tmp_path}",
-                              "MAX_RUNS=0", f"PYTHON={sys.executable}"], cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout.splitlines()[0]  # fmt: skip
+    # Under `make test` (CI) this make is nested: --no-print-directory keeps its
+    # "Entering directory" line out of what it prints.
+    printed = subprocess.run(["make", "--no-print-directory", "-n", "study", "DATA=/data/here",
+                              f"STUDY_DIR={tmp_path}", "MAX_RUNS=0", f"PYTHON={sys.executable}"],
+                             cwd=ROOT, check=True, capture_output=True,
+                             text=True).stdout.splitlines()[0]  # fmt: skip
     argv = shlex.split(printed)
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -46,7 +46,7 @@ def test_a_phase_override_on_the_command_line_reaches_that_phase_only():
     assert [p.patience for p in build_phases(cfg)] == [3, 7, 3]  # synthetic: patience 3
 
 
-@pytest.mark.parametrize(("backbone", "study", "cpu"), [("micronet", 4, 8), ("unetpp", 8, 16)])
+@pytest.mark.parametrize(("backbone", "study", "cpu"), [("micronet", 4, 16), ("unetpp", 8, 16)])
 def test_the_study_narrows_the_papers_networks_and_tnbc_cpu_keeps_its_widths(backbone, study, cpu):
     from hydra.utils import instantiate
 

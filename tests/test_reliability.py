@@ -97,6 +97,23 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     assert results(tmp_path)["status"] == "finished"
 
 
+def test_sigterm_during_validation_keeps_the_last_whole_epoch_and_the_run_resumes(tmp_path):
+    # Lightning cannot resume a checkpoint written between two validation batches: it skips
+    # the rest of that validation and early stopping finds no validation loss to check.
+    term = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=stage1",
+            "+callbacks.kill.epoch=1", "+callbacks.kill.signal_name=SIGTERM",
+            "+callbacks.kill.during=validation",
+            "dataset.datamodule.eval_batch_size=2"]  # fmt: skip
+    stopped = run_train(f"hydra.run.dir={tmp_path}", *term)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    last = torch.load(tmp_path / "checkpoints" / "stage1" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 0  # epoch 0's, written after its validation, not epoch 1's half
+    resumed = run_train(f"hydra.run.dir={tmp_path}", "dataset.datamodule.eval_batch_size=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert results(tmp_path)["status"] == "finished"
+    assert results(tmp_path)["phases"][0]["epochs"] == 3  # stage.max_epochs: none lost
+
+
 def test_nan_batch_fails_its_job_clearly_and_the_sweep_goes_on(tmp_path):
     # job 0 corrupts a batch in the second epoch of phase 2; job 1 never reaches step 10**6
     sweep = [

@@ -30,13 +30,27 @@ class CorruptBatch(Callback):
 
 
 class KillAtEpochEnd(Callback):
-    """Sends a signal to this process at the end of one epoch of one phase (after its
-    checkpoint is written): SIGKILL simulates a crash, SIGTERM a preemption."""
+    """Sends a signal to this process in one epoch of one phase: at its end (after its
+    checkpoint is written; ``during="epoch_end"``) or after its first validation batch
+    (``during="validation"``). SIGKILL simulates a crash, SIGTERM a preemption."""
 
-    def __init__(self, phase: str, epoch: int = 0, signal_name: str = "SIGKILL") -> None:
-        self.phase, self.epoch = phase, epoch
+    def __init__(
+        self, phase: str, epoch: int = 0, signal_name: str = "SIGKILL", during: str = "epoch_end"
+    ) -> None:
+        if during not in ("epoch_end", "validation"):
+            raise ValueError(f"during must be 'epoch_end' or 'validation', not {during!r}")
+        self.phase, self.epoch, self.during = phase, epoch, during
         self.signal = getattr(signal, signal_name)
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if pl_module.phase == self.phase and trainer.current_epoch == self.epoch:
+    def _kill_if_due(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> None:
+        due = when == self.during and pl_module.phase == self.phase
+        if due and trainer.current_epoch == self.epoch and not trainer.sanity_checking:
             os.kill(os.getpid(), self.signal)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._kill_if_due(trainer, pl_module, "epoch_end")
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        self._kill_if_due(trainer, pl_module, "validation")

@@ -20,7 +20,7 @@ BASE = [
     "experiment=smoke", "stage.max_epochs=3", "stage.patience=5", "trainer.deterministic=true",
     "trainer.enable_progress_bar=false", "figures.test_images=1",
 ]  # fmt: skip
-KILL = "nucleiseg.callbacks.fault_injection.KillAtEpochEnd"
+KILL = "nucleiseg.callbacks.fault_injection.KillInEpoch"
 CORRUPT = "nucleiseg.callbacks.fault_injection.CorruptBatch"
 
 

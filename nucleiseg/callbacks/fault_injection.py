@@ -29,7 +29,7 @@ class CorruptBatch(Callback):
             batch["image"].fill_(torch.nan)
 
 
-class KillAtEpochEnd(Callback):
+class KillInEpoch(Callback):
     """Sends a signal to this process in one epoch of one phase: at its end (after its
     checkpoint is written; ``during="epoch_end"``) or after its first validation batch
     (``during="validation"``). SIGKILL simulates a crash, SIGTERM a preemption."""

@@ -52,12 +52,10 @@ report:  ## tables + figures for a sweep: make report SWEEP=multirun_outputs/<da
 
 # one fixed study dir: rerun `make study` to continue it
 STUDY_DIR ?= multirun_outputs/study
-# each part's report lands in STUDY_DOCS (docs/study/ holds the finished study's)
-STUDY_DOCS ?= docs/study/current
+# each part's report lands in STUDY_DOCS (docs/study/: the study so far, with its README)
+STUDY_DOCS ?= docs/study
 study:  ## the study (conf/study.yaml; DATA=data): phase 1 once per seed, arms branch from it; resumable, in parts with MAX_RUNS=n
-	$(PYTHON) -m nucleiseg.study output_dir=$(STUDY_DIR) "overrides=['experiment=study','dataset.root=$(TNBC_ROOT)']" $(if $(MAX_RUNS),max_runs=$(MAX_RUNS),) $(STUDY_ARGS)
-	mkdir -p $(STUDY_DOCS) && cp $(STUDY_DIR)/study_progress.json $(STUDY_DOCS)/
-	cp $(STUDY_DIR)/report.md $(STUDY_DIR)/report.csv $(STUDY_DIR)/figure_*.png $(STUDY_DOCS)/ 2>/dev/null || true
+	$(PYTHON) -m nucleiseg.study output_dir=$(STUDY_DIR) "overrides=['experiment=study','dataset.root=$(TNBC_ROOT)']" docs_dir=$(STUDY_DOCS) $(if $(MAX_RUNS),max_runs=$(MAX_RUNS),) $(STUDY_ARGS)
 
 tnbc-cpu:  ## a TNBC model on a 2-core CPU: train, tune post-processing on validation, score test and CoNSeP (DATA=data, RUN=outputs/tnbc_cpu, ARGS=overrides for all, TUNE_ARGS=grid)
 	$(PYTHON) -m nucleiseg.train experiment=tnbc_cpu dataset.root=$(TNBC_ROOT) paths.output_dir=$(RUN) $(ARGS)

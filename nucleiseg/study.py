@@ -9,13 +9,15 @@ Trains every arm of the study (``conf/study.yaml``: backbones x arms x seeds x s
   retrained, an unfinished one resumes from its last checkpoint (``resume=auto``);
 - ``max_runs`` trains at most that many runs per call (a study in parts); the progress
   (runs done, left, failed) is in ``<output_dir>/study_progress.json`` and the report
-  (``nucleiseg.report``) is rewritten after every call.
+  (``nucleiseg.report``) is rewritten after every call, and copied to ``docs_dir`` when set
+  (``make study``: ``docs/study/``), also when a run of the call failed.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
@@ -130,18 +132,48 @@ def run_study(cfg: DictConfig) -> dict[str, Any]:
     return progress
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="study")
-def main(cfg: DictConfig) -> None:
+def publish(output_dir: Path, docs_dir: Path) -> list[Path]:
+    """Copy the progress, report and figures of ``output_dir`` into ``docs_dir``.
+
+    Only those files are replaced; anything else there (a README) is left as it is.
+    """
+    docs_dir.mkdir(parents=True, exist_ok=True)
+    names = ["study_progress.json", "report.md", "report.csv"]
+    sources = [output_dir / n for n in names] + sorted(output_dir.glob("figure_*.png"))
+    copied = []
+    for source in sources:
+        if source.is_file():
+            shutil.copy2(source, docs_dir / source.name)
+            copied.append(docs_dir / source.name)
+    return copied
+
+
+def study_call(cfg: DictConfig) -> int:
+    """One call of the study: train, report, publish; the exit status (1: a run failed).
+
+    The report and its copy in ``docs_dir`` are written even when a run failed, so a part
+    with one broken run still leaves the rest of its results.
+    """
     from nucleiseg.report import report
 
     progress = run_study(cfg)
     log.info("study: %d of %d runs finished, %d left", progress["finished"], progress["runs"],
              progress["left"])  # fmt: skip
+    out = Path(cfg.output_dir)
     if progress["finished"]:
-        report(Path(cfg.output_dir))
+        report(out)
+    if cfg.get("docs_dir"):
+        copied = publish(out, Path(cfg.docs_dir))
+        log.info("copied %d files to %s", len(copied), cfg.docs_dir)
     if progress["failed_this_call"]:
         log.error("failed: %s", json.dumps(progress["failed_this_call"], indent=1))
-        sys.exit(1)
+        return 1
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="study")
+def main(cfg: DictConfig) -> None:
+    sys.exit(study_call(cfg))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from nucleiseg.branching import BranchError
-from nucleiseg.study import plan, run_study
+from nucleiseg.study import plan, run_study, study_call
 
 from conftest import CONF_DIR, compose_config, smoke_overrides
 
@@ -78,6 +78,23 @@ def test_a_study_stopped_after_its_first_run_continues_without_retraining_it(tmp
     assert control["phases"][1]["name"] == "extend" and control["status"] == "finished"
     third = run_study(study_config(tmp_path))  # nothing left: nothing trained
     assert third["trained_this_call"] == 0 and (tmp_path / "study_progress.json").is_file()
+
+
+def test_a_part_with_a_failed_run_still_reports_and_publishes_the_rest(tmp_path):
+    out, docs = tmp_path / "study", tmp_path / "docs"
+    docs.mkdir()
+    (docs / "README.md").write_text("written by hand")
+    cfg = study_config(out, arms=["two_stage"], backbones=["unet", "no_such_backbone"],
+                       docs_dir=str(docs))  # fmt: skip
+    assert study_call(cfg) == 1  # the unknown backbone's run fails
+    progress = json.loads((docs / "study_progress.json").read_text())
+    assert (progress["finished"], progress["left"]) == (1, 1)
+    assert [f["run"] for f in progress["failed_this_call"]] == [
+        "default/no_such_backbone/seed_0/two_stage"
+    ]
+    assert (docs / "report.md").read_text() == (out / "report.md").read_text()
+    assert "U-Net" in (docs / "report.md").read_text()
+    assert (docs / "README.md").read_text() == "written by hand"
 
 
 def test_branching_refuses_a_source_trained_differently(tmp_path):
@@ -156,8 +173,10 @@ def test_make_study_command_parses_and_points_every_run_at_data(tmp_path):
 
     # Under `make test` (CI) this make is nested: --no-print-directory keeps its
     # "Entering directory" line out of what it prints.
+    docs = tmp_path / "docs"
     printed = subprocess.run(["make", "--no-print-directory", "-n", "study", "DATA=/data/here",
-                              f"STUDY_DIR={tmp_path}", "MAX_RUNS=0", f"PYTHON={sys.executable}"],
+                              f"STUDY_DIR={tmp_path}", f"STUDY_DOCS={docs}", "MAX_RUNS=0",
+                              f"PYTHON={sys.executable}"],
                              cwd=ROOT, check=True, capture_output=True,
                              text=True).stdout.splitlines()[0]  # fmt: skip
     argv = shlex.split(printed)
@@ -165,6 +184,7 @@ def test_make_study_command_parses_and_points_every_run_at_data(tmp_path):
     assert done.returncode == 0, done.stderr
     progress = json.loads((tmp_path / "study_progress.json").read_text())
     assert progress["runs"] == progress["left"] == 78 and progress["trained_this_call"] == 0
+    assert json.loads((docs / "study_progress.json").read_text()) == progress
     (overrides,) = [a for a in argv if a.startswith("overrides=")]
     per_run = OverridesParser.create().parse_overrides([overrides])[0].value()
     cfg = compose_config([*per_run, "backbone=smp_unet", "stage=two_stage"], tmp_path / "run")

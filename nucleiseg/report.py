@@ -3,7 +3,9 @@
 Reads every ``results.json`` below the sweep dir and writes ``report.md``, ``report.csv``
 and ``report.tex`` beside them: per dataset, rows ``<backbone>`` (stage 1 alone) and
 ``<backbone> †`` (two-stage), precision / recall / Dice / IoU as mean ± std over seeds,
-the Dice change † brings, and the paper's published Dice. Runs that failed or did not
+the Dice change † brings, and the paper's published Dice; for a study, two-stage minus
+each control (``control_comparisons``) and every arm on its own with its training cost
+(``arm_summary``). Runs that failed or did not
 finish are listed, not dropped. A figure per dataset stacks the backbones as rows
 (``figure_<dataset>.png``), as the paper's Figures 2 and 3 do.
 """
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from nucleiseg.arm_summary import arm_markdown, arm_rows
 from nucleiseg.control_comparisons import CONTROLS, comparisons, crossed_bootstrap, holm
 from nucleiseg.sweep_runs import Sweep, dataset_label, find_runs
 
@@ -281,7 +284,12 @@ def report(sweep_dir: str | Path) -> str:
     main_runs = [r for r in sweep.finished if r.get("stage", "two_stage") in MAIN_STAGES]
     rows = build_rows(main_runs)
     text = markdown(rows, sweep) + "\n".join(
-        ["", *comparison_markdown(comparisons(sweep.finished)), *stop_summary(sweep.finished)]
+        [
+            "",
+            *comparison_markdown(comparisons(sweep.finished)),
+            *arm_markdown(arm_rows(sweep.finished), BACKBONE_NAMES),
+            *stop_summary(sweep.finished),
+        ]
     )
     (sweep_dir / "report.md").write_text(f"# nucleiseg report: {sweep_dir}\n\n{text}")
     write_csv(rows, sweep_dir / "report.csv")

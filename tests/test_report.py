@@ -85,3 +85,39 @@ def test_smoke_sweep_report_has_both_rows_per_backbone_over_two_seeds(tmp_path):
     assert text.count("±") >= 6 * 4
     assert (sweep / "figure_synthetic.png").is_file()
     shutil.rmtree(sweep)
+
+
+def test_every_arm_row_keeps_per_image_and_pooled_dice_apart_and_counts_its_training(tmp_path):
+    from nucleiseg.arm_summary import arm_rows
+
+    def phase(name, epochs, seconds):
+        return {"name": name, "epochs": epochs, "wall_seconds": seconds}
+
+    def output(pooled, per_image):
+        scores = {"index": [0, 1], "dice": per_image, "det_recall": per_image}
+        return {"precision": pooled, "recall": pooled, "dice": pooled, "iou": pooled / 2,
+                "per_image": scores}  # fmt: skip
+
+    shared = phase("stage1", 30, 120)
+    for seed, extra in ((0, 10), (1, 20)):
+        two_stage = {"dataset": "tnbc", "backbone": "unet", "seed": seed, "stage": "two_stage",
+                     "status": "finished", "phases": [shared, phase("enhance", extra, 60),
+                                                      phase("finetune", 5, 60)],
+                     "test": {"stage1": output(0.7, [0.6, 0.7]),
+                              "two_stage": output(0.8, [0.7, 0.8 + seed / 10])}}  # fmt: skip
+        control = {"dataset": "tnbc", "backbone": "unet", "seed": seed, "stage": "base_wider",
+                   "status": "finished", "phases": [phase("joint", 50, 300)],
+                   "test": {"control": output(0.1, [0.0, 0.1])}}  # fmt: skip
+        for name, run in (("two_stage", two_stage), ("base_wider", control)):
+            job = tmp_path / str(seed) / name
+            (job / ".hydra").mkdir(parents=True)
+            (job / "results.json").write_text(json.dumps(run))
+    rows = {r["arm"]: r for r in arm_rows(find_runs(tmp_path).finished)}
+    assert list(rows) == ["stage1", "two_stage", "base_wider"]  # study order
+    assert rows["stage1"]["epochs"] == (30, 0) and rows["stage1"]["minutes"] == (2, 0)
+    assert rows["two_stage"]["epochs"] == pytest.approx((50, 5))  # 30 shared + 10/20 + 5
+    assert rows["two_stage"]["dice_pixels"] == pytest.approx((0.8, 0))
+    assert rows["two_stage"]["dice_per_image"] == pytest.approx((0.775, 0.025))
+    assert rows["base_wider"]["dice_per_image"] == pytest.approx((0.05, 0))
+    text = report(tmp_path)
+    assert "| tnbc | U-Net | base_wider | 2 | 0.050 ± 0.000 | 0.100 ± 0.000 | 50 ± 0 |" in text

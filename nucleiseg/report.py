@@ -66,14 +66,19 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> list[str]:
                         for i in (r["dice"], r["det_recall"]))  # fmt: skip
         mark = " ✓" if r["holm_survives"] else ""
         name = BACKBONE_NAMES.get(r["backbone"], r["backbone"])
-        lines.append(f"| {r['dataset']} | {name} | {r['control']} | {r['seeds']} | {dice} | "
+        seeds = f"{r['seeds']} ‡" if r["seeds"] == 1 else str(r["seeds"])
+        lines.append(f"| {r['dataset']} | {name} | {r['control']} | {seeds} | {dice} | "
                      f"{r['holm_p']:.3f}{mark} | {recall} |")  # fmt: skip
     survivors = sum(r["holm_survives"] for r in scored)
+    one_seed = any(r["seeds"] == 1 for r in scored)
     lines += ["", f"Bootstrap over training seeds and test images, resampled independently "
               f"(scipy.stats.bootstrap, 9999 resamples, percentile intervals): the intervals "
               f"include seed-to-seed training variance. {len(scored)} Dice comparisons; Holm's "
               f"correction for all {len(scored)}: {survivors} survive at family-wise α = 0.05 "
-              f"(✓). stage1 = the same run's stage 1 alone.", ""]  # fmt: skip
+              f"(✓). stage1 = the same run's stage 1 alone."
+              + (" ‡ = one seed so far: its interval resamples test images only, with no "
+                 "training variance in it, so it is narrower than a finished row's."
+                 if one_seed else ""), ""]  # fmt: skip
     for r in refused:
         name = BACKBONE_NAMES.get(r["backbone"], r["backbone"])
         lines.append(f"- not paired: {r['dataset']} {name} vs {r['control']}: {r['refused']}")

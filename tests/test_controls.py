@@ -136,3 +136,16 @@ def test_report_refuses_to_pair_runs_whose_test_images_differ():
     (refused,) = comparisons(other)
     assert "test image lists differ" in refused["refused"]
     assert "not paired" in "\n".join(comparison_markdown([refused]))
+
+
+def test_a_one_seed_comparison_is_marked_as_resampling_test_images_only():
+    from nucleiseg.report import comparison_markdown
+
+    one = [_run("two_stage", 0, ["a", "b"], [0.8, 0.6]),
+           _run("base_extended", 0, ["a", "b"], [0.7, 0.5])]  # fmt: skip
+    two = [*one, _run("two_stage", 1, ["a", "b"], [0.9, 0.7]),
+           _run("base_extended", 1, ["a", "b"], [0.6, 0.7])]  # fmt: skip
+    text = "\n".join(comparison_markdown(comparisons(one)))
+    assert "| 1 ‡ |" in text and "test images only" in text
+    text = "\n".join(comparison_markdown(comparisons(two)))
+    assert "| 2 |" in text and "‡" not in text

@@ -105,6 +105,8 @@ def build_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group = groups[(dataset, backbone)]
         paper_backbone = PAPER_COUNTERPART.get(backbone, backbone)
         paper = PAPER_DICE.get(group[0]["dataset"], {}).get(paper_backbone)
+        if group[0].get("split_by", "image") not in (None, "image"):
+            paper = None  # the paper's figures are for its image split only
         stage1_dice = {
             r["seed"]: r["test"]["stage1"]["dice"] for r in group if "stage1" in r["test"]
         }

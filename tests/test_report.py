@@ -44,6 +44,17 @@ def test_rows_aggregate_seeds_and_pair_the_dagger_change(tmp_path):
     assert plain["paper_dice"] == 0.827 and dagger["paper_dice"] == 0.832
 
 
+def test_the_papers_dice_stands_only_beside_the_papers_image_split(tmp_path):
+    fake_run(tmp_path / "0", "tnbc", "unet", 0, 0.80, 0.83)
+    fake_run(tmp_path / "1", "tnbc", "unet", 0, 0.70, 0.75)
+    results = json.loads((tmp_path / "1" / "results.json").read_text())
+    (tmp_path / "1" / "results.json").write_text(json.dumps({**results, "split_by": "slide"}))
+    rows = build_rows(find_runs(tmp_path).finished)
+    assert [(r["dataset"], r["paper_dice"]) for r in rows] == [
+        ("tnbc", 0.827), ("tnbc", 0.832), ("tnbc (slide split)", None),
+        ("tnbc (slide split)", None)]  # fmt: skip
+
+
 def test_smp_networks_stand_beside_the_papers_network_of_their_family_marked(tmp_path):
     fake_run(tmp_path / "0", "tnbc", "smp_unet", 0, 0.80, 0.81)
     rows = build_rows(find_runs(tmp_path).finished)

@@ -1,6 +1,6 @@
-"""Every arm of a study on its own: Dice (per image and pixel-pooled, in separate columns)
-and what its training cost, so that the controls' absolute quality and budget can be read
-beside the differences of ``control_comparisons``."""
+"""Every arm of a study on its own: Dice (per image and pixel-pooled, kept apart) and what
+its training cost, so that the controls' absolute quality and budget can be read beside
+the differences of ``control_comparisons`` (``report.arm_markdown`` renders the rows)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from nucleiseg.control_comparisons import mean_std
+
 #: the final model of each stage's run (``stage1``: the two_stage run's stage 1 alone)
 ARM_OUTPUTS = {"two_stage": "two_stage", "base": "stage1"}
 ARM_ORDER = ("base", "stage1", "two_stage", "base_extended", "enhance_no_image", "enhance_residual",
              "base_wider")  # fmt: skip
-
-
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else 0.0
 
 
 def arm_models(run: dict[str, Any]) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
@@ -52,37 +50,10 @@ def arm_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      if t.get("per_image", {}).get("dice")]  # fmt: skip
         rows.append({
             "dataset": dataset, "backbone": backbone, "arm": arm, "seeds": len(models),
-            "dice_per_image": _mean_std(per_image) if per_image else None,
-            "dice_pixels": _mean_std([t["dice"] for t, _ in models]),
-            "epochs": _mean_std([sum(p.get("epochs", 0) for p in ph) for _, ph in models]),
-            "minutes": _mean_std([sum(p.get("wall_seconds", 0) for p in ph) / 60
+            "dice_per_image": mean_std(per_image) if per_image else None,
+            "dice_pixels": mean_std([t["dice"] for t, _ in models]),
+            "epochs": mean_std([sum(p.get("epochs", 0) for p in ph) for _, ph in models]),
+            "minutes": mean_std([sum(p.get("wall_seconds", 0) for p in ph) / 60
                                   for _, ph in models]),
         })  # fmt: skip
     return rows
-
-
-def arm_markdown(rows: list[dict[str, Any]], names: dict[str, str]) -> list[str]:
-    if not rows:
-        return []
-
-    def cell(value: tuple[float, float] | None, seeds: int, digits: int = 3) -> str:
-        if value is None:
-            return "–"
-        text = f"{value[0]:.{digits}f}"
-        return f"{text} ± {value[1]:.{digits}f}" if seeds > 1 else text
-
-    lines = ["### every arm on its own", "",
-             "| dataset | model | arm | seeds | Dice per image | Dice, pooled pixels | epochs "
-             "| minutes |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for r in rows:
-        n = r["seeds"]
-        lines.append(f"| {r['dataset']} | {names.get(r['backbone'], r['backbone'])} | "
-                     f"{r['arm']} | {n} | {cell(r['dice_per_image'], n)} | "
-                     f"{cell(r['dice_pixels'], n)} | {cell(r['epochs'], n, 0)} | "
-                     f"{cell(r['minutes'], n, 1)} |")  # fmt: skip
-    lines += ["", "Mean ± std over seeds. Dice per image = the mean of each test image's "
-              "Dice (what the comparisons above pair); pooled = Dice of all test pixels "
-              "together (the first table's). Epochs and minutes: every phase that trained "
-              "the arm's model, phase 1 included where it is shared (stage1 = phase 1 alone); "
-              "minutes are wall-clock on the machine that ran it.", ""]  # fmt: skip
-    return lines

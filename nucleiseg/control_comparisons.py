@@ -11,6 +11,11 @@ import numpy as np
 CONTROLS = ("stage1", "base_extended", "base_wider", "enhance_no_image", "enhance_residual")
 
 
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population std over seeds (std 0 for a single seed)."""
+    return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else 0.0
+
+
 class Interval(NamedTuple):
     """A mean difference, its bootstrap interval and two-sided bootstrap p-value."""
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from nucleiseg.arm_summary import arm_markdown, arm_rows
-from nucleiseg.control_comparisons import CONTROLS, comparisons, crossed_bootstrap, holm
-from nucleiseg.sweep_runs import Sweep, dataset_label, find_runs
+from nucleiseg.arm_summary import arm_rows
+from nucleiseg.control_comparisons import CONTROLS, comparisons, crossed_bootstrap, holm, mean_std
+from nucleiseg.sweep_runs import Sweep, dataset_label, find_runs, on_paper_split
 
 __all__ = ["CONTROLS", "comparisons", "crossed_bootstrap", "dataset_label", "find_runs", "holm",
            "report"]  # fmt: skip
@@ -85,10 +85,6 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> list[str]:
     return lines + ([""] if refused else [])
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else 0.0
-
-
 def build_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per dataset x backbone x {stage 1, two-stage}, aggregated over seeds."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -105,7 +101,7 @@ def build_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group = groups[(dataset, backbone)]
         paper_backbone = PAPER_COUNTERPART.get(backbone, backbone)
         paper = PAPER_DICE.get(group[0]["dataset"], {}).get(paper_backbone)
-        if group[0].get("split_by", "image") not in (None, "image"):
+        if not on_paper_split(group[0]):
             paper = None  # the paper's figures are for its image split only
         stage1_dice = {
             r["seed"]: r["test"]["stage1"]["dice"] for r in group if "stage1" in r["test"]
@@ -140,12 +136,35 @@ def build_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: tuple[float, float] | None, seeds: int, signed: bool = False) -> str:
+def _fmt(
+    value: tuple[float, float] | None, seeds: int, signed: bool = False, digits: int = 3
+) -> str:
     if value is None:
         return "–"
     mean, std = value
-    text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
-    return f"{text} ± {std:.3f}" if seeds > 1 else text
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
+    return f"{text} ± {std:.{digits}f}" if seeds > 1 else text
+
+
+def arm_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    """The report's "every arm on its own" table (rows from ``arm_summary.arm_rows``)."""
+    if not rows:
+        return []
+    lines = ["### every arm on its own", "",
+             "| dataset | model | arm | seeds | Dice per image | Dice, pooled pixels | epochs "
+             "| minutes |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        n = r["seeds"]
+        lines.append(f"| {r['dataset']} | {BACKBONE_NAMES.get(r['backbone'], r['backbone'])} | "
+                     f"{r['arm']} | {n} | {_fmt(r['dice_per_image'], n)} | "
+                     f"{_fmt(r['dice_pixels'], n)} | {_fmt(r['epochs'], n, digits=0)} | "
+                     f"{_fmt(r['minutes'], n, digits=1)} |")  # fmt: skip
+    lines += ["", "Mean ± std over seeds. Dice per image = the mean of each test image's "
+              "Dice (what the comparisons above pair); pooled = Dice of all test pixels "
+              "together (the first table's). Epochs and minutes: every phase that trained "
+              "the arm's model, phase 1 included where it is shared (stage1 = phase 1 alone); "
+              "minutes are wall-clock on the machine that ran it.", ""]  # fmt: skip
+    return lines
 
 
 def markdown(rows: list[dict[str, Any]], sweep: Sweep) -> str:
@@ -294,7 +313,7 @@ def report(sweep_dir: str | Path) -> str:
         [
             "",
             *comparison_markdown(comparisons(sweep.finished)),
-            *arm_markdown(arm_rows(sweep.finished), BACKBONE_NAMES),
+            *arm_markdown(arm_rows(sweep.finished)),
             *stop_summary(sweep.finished),
         ]
     )

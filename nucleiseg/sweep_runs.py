@@ -16,10 +16,14 @@ class Sweep:
     unreadable: list[tuple[Path, str]] = field(default_factory=list)  # (results.json, why)
 
 
+def on_paper_split(run: dict[str, Any]) -> bool:
+    """Whether the run used the paper's image-level split (the default)."""
+    return run.get("split_by", "image") in (None, "image")
+
+
 def dataset_label(run: dict[str, Any]) -> str:
     """The dataset, with its split when not the paper's image-level one."""
-    split = run.get("split_by", "image")
-    return run["dataset"] if split in (None, "image") else f"{run['dataset']} ({split} split)"
+    return run["dataset"] if on_paper_split(run) else f"{run['dataset']} ({run['split_by']} split)"
 
 
 TRAINING_KEYS = ("dataset", "backbone", "stage", "seed", "status", "test", "phases")

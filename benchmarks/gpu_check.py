@@ -232,8 +232,8 @@ def predict_step(side: int = 4096) -> dict[str, Any]:
     import torch
 
     from benchmarks.run import compose_profile
-    from nucleiseg.builders import build_modules
     from nucleiseg.inference.tiling import module_predictor, predict_tiled
+    from nucleiseg.training.builders import build_modules
 
     module = build_modules(compose_profile([]))["two_stage"].cuda().eval()
     predict = module_predictor(module, "two_stage")

@@ -22,8 +22,8 @@ def measure(megapixels: int, tile: int, overlap: int, batch: int, overrides: lis
     from hydra import compose, initialize_config_dir
 
     from benchmarks.common import CONF_DIR
-    from nucleiseg.builders import build_modules
     from nucleiseg.inference.tiling import module_predictor, predict_tiled
+    from nucleiseg.training.builders import build_modules
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=["paths.output_dir=/tmp/nucleiseg-bench", *overrides])

@@ -43,7 +43,7 @@ def main(overrides: list[str]) -> dict[str, float]:
     datamodule = instantiate(cfg.dataset.datamodule, split_output=None)
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
-    from nucleiseg.builders import build_modules
+    from nucleiseg.training.builders import build_modules
 
     module = build_modules(cfg)["stage1"]
     torch.manual_seed(0)

@@ -32,7 +32,7 @@ SOURCES = {
 def build(backbone: str, size: str = "paper"):
     """The run's modules for one backbone, composed as a command line would."""
     from benchmarks.run import compose_profile
-    from nucleiseg.builders import build_modules
+    from nucleiseg.training.builders import build_modules
 
     return build_modules(compose_profile([f"backbone={backbone}", f"size={size}"]))
 

@@ -14,9 +14,9 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 
-from nucleiseg.builders import build_modules
-from nucleiseg.phase_runner import run_phase
-from nucleiseg.phases import build_phases
+from nucleiseg.lightning.phases import build_phases
+from nucleiseg.training.builders import build_modules
+from nucleiseg.training.phase_runner import run_phase
 
 
 class EpochTimer(Callback):

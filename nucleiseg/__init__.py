@@ -14,7 +14,7 @@ OmegaConf.register_new_resolver("mul", lambda a, b: int(a) * int(b), replace=Tru
 
 
 def _cpu_precision() -> str:
-    from nucleiseg.precision import cpu_precision  # imports torch: only when resolved
+    from nucleiseg.training.precision import cpu_precision  # imports torch: only when resolved
 
     return cpu_precision()
 

@@ -18,8 +18,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from nucleiseg.data.whole import WholeDataset
+    from nucleiseg.files.atomic import write_json_atomic
     from nucleiseg.inference.loading import load_model
-    from nucleiseg.run_dir import write_json_atomic
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

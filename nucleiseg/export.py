@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> None:
         import json
         from pathlib import Path
 
-        from nucleiseg.atomic_files import write_atomic
+        from nucleiseg.files.atomic import write_atomic
 
         values = json.dumps(module.stain_normalizer.to_config(), indent=1)
         side = write_atomic(

@@ -21,7 +21,7 @@ def main(cfg: DictConfig) -> None:
     from nucleiseg.inference.loading import load_model
     from nucleiseg.inference.predictor import expand_inputs, predict_files
     from nucleiseg.inference.tiling import module_predictor
-    from nucleiseg.postprocess import InstanceSettings
+    from nucleiseg.postprocessing.watershed import InstanceSettings
 
     log = logging.getLogger("nucleiseg.predict")
     module, output = load_model(cfg.ckpt, cfg.device)

@@ -34,7 +34,7 @@ def smoke_overrides(*extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """One full three-phase smoke run of U-Net, shared by the tests that read its outputs."""
-    from nucleiseg.training import train
+    from nucleiseg.training.orchestration import train
 
     run_dir = tmp_path_factory.mktemp("smoke_run")
     cfg = compose_config(smoke_overrides(), run_dir)

@@ -15,8 +15,10 @@ import albumentations as A
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from nucleiseg.data.samples import SplitSamples
 from nucleiseg.data.splits import SPLITS, write_split_file
@@ -33,6 +35,26 @@ def random_transforms(transform: Any) -> list[Any]:
     for child in getattr(transform, "transforms", None) or []:
         found += random_transforms(child)
     return found
+
+
+def seed_training_worker(worker_id: int) -> None:
+    """``worker_init_fn`` of the training loader: seed a DataLoader worker's copy of the
+    augmentation from (the loader's base seed, worker, DDP rank).
+
+    albumentations keeps its own generators, which neither ``seed_everything(workers=True)``
+    nor torch reseeds in a worker, so every worker (and every rank) would otherwise draw
+    the same stream. The base seed is drawn from the main process's torch generator each
+    time an epoch's workers start (the training loader's workers are not persistent), so
+    every epoch draws anew, and a resumed run, whose torch state is restored, draws what
+    the uninterrupted run drew.
+    """
+    rank = rank_zero_only.rank  # inherited from the rank process that started this worker
+    pl_worker_init_function(worker_id, rank)  # numpy, random and torch, as Lightning does
+    info = get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info is not None else None
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        seed = np.random.SeedSequence([info.seed, rank]).generate_state(1)[0]
+        transform.set_random_seed(int(seed))
 
 
 class NucleiSource(Protocol):
@@ -179,13 +201,16 @@ class NucleiDataModule(L.LightningDataModule):
         ):
             # a DistributedSampler would pad val/test with repeated images: metrics inexact
             sampler = UnrepeatedDistributedSampler(dataset, shuffle=False)
+        train = split == "train"
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size_for(split),
+            batch_size=self.batch_size if train else self.eval_batch_size_for(split),
             shuffle=shuffle,
             sampler=sampler,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # training workers start afresh each epoch, seeded anew (seed_training_worker)
+            persistent_workers=self.num_workers > 0 and not train,
+            worker_init_fn=seed_training_worker if train and self.num_workers > 0 else None,
             pin_memory=self.pin_memory,
             drop_last=False,
         )

@@ -9,7 +9,7 @@ depends on the input size in Python, so it exports for one fixed ``size``.
 
 from __future__ import annotations
 
-import os
+import inspect
 import warnings
 from pathlib import Path
 
@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from nucleiseg.files.atomic import write_atomic
 from nucleiseg.models.enhancer import enhance
 from nucleiseg.models.micronet import MicroNet
 
 TRACE_SIZE = (97, 83)  # not a multiple of 32 in either side: the padding path is traced
 CHECK_SIZE = (131, 200)
 TOLERANCE = 1e-4
+ONNX_SINGLE_FILE_LIMIT = 2**31  # protobuf's limit on one serialised message
 
 
 class ExportedModel(nn.Module):
@@ -62,18 +64,38 @@ def export(
 
     The file is written beside ``path`` under a temporary name and renamed over ``path``
     only once the check passes: a good model already there is never replaced by a failed one.
+    An ONNX file holds its weights (no external-data sidecar): it runs when copied alone.
     """
     if fmt not in ("onnx", "torchscript"):
         raise ValueError(f"unknown format '{fmt}'; use onnx or torchscript")
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    path = final.with_name(f".{final.stem}.partial{final.suffix}")
-    try:
-        _write_and_check(model, path, fmt, size)
-        os.replace(path, final)
-    finally:
-        path.unlink(missing_ok=True)
-    return final
+    if fmt == "onnx" and weight_bytes(model) >= ONNX_SINGLE_FILE_LIMIT:
+        raise ValueError(
+            f"the model's weights take {weight_bytes(model) / 2**30:.1f} GiB, over the 2 GiB "
+            "an ONNX file can hold in one piece; export format=torchscript instead"
+        )
+
+    def write(tmp: Path) -> None:
+        try:
+            _write_and_check(model, tmp, fmt, size)
+        finally:  # the weights sidecar torch writes for external data: never left behind
+            Path(f"{tmp}.data").unlink(missing_ok=True)
+
+    return write_atomic(Path(path), write)
+
+
+def require_single_file_onnx_export() -> None:
+    """The torch.export-based exporter with ``external_data`` (torch >= 2.6): fail clearly
+    on an older torch rather than write an ONNX file whose weights lie beside it."""
+    parameters = inspect.signature(torch.onnx.export).parameters
+    if "dynamo" not in parameters or "external_data" not in parameters:
+        raise RuntimeError(
+            f"ONNX export needs torch.onnx.export(dynamo=True, external_data=False), which "
+            f"torch {torch.__version__} lacks; upgrade torch (>= 2.6) or use format=torchscript"
+        )
+
+
+def weight_bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
 def _write_and_check(
@@ -102,9 +124,10 @@ def _write_and_check(
                     3: torch.export.Dim("width", min=32, max=16384),
                 }
             }
+        require_single_file_onnx_export()
         torch.onnx.export(
             model, (example,), str(path), dynamo=True, dynamic_shapes=dims,
-            input_names=["image"], output_names=["probability"],
+            input_names=["image"], output_names=["probability"], external_data=False,
         )  # fmt: skip
     difference = check_export(model, path, fmt, (2, 3, *check_size))
     if difference > TOLERANCE:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from nucleiseg.builders import build_modules
-from nucleiseg.checkpoints import CheckpointError, read_checkpoint, stored_model_config
 from nucleiseg.lightning.base import SegmentationModule
+from nucleiseg.training.builders import build_modules
+from nucleiseg.training.checkpoints import CheckpointError, read_checkpoint, stored_model_config
 
 __all__ = ["CheckpointError", "load_model"]
 

@@ -15,10 +15,10 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
-from nucleiseg.atomic_files import write_atomic
 from nucleiseg.data.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, DatasetError, read_rgb_image
+from nucleiseg.files.atomic import write_atomic
 from nucleiseg.inference.tiling import Predictor, dihedral_tta, predict_tiled
-from nucleiseg.postprocess import (
+from nucleiseg.postprocessing.watershed import (
     NUCLEUS_COLUMNS,
     InstanceSettings,
     describe_nuclei,

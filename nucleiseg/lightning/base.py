@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nucleiseg.lightning.phases import Phase
 from nucleiseg.metrics.objects import MissedNuclei, NucleusMetrics
 from nucleiseg.metrics.per_image import PerImageScores
 from nucleiseg.metrics.pixel import pixel_metrics, summarise
-from nucleiseg.phases import Phase
-from nucleiseg.postprocess import InstanceSettings, instances_from_probability
+from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_probability
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]

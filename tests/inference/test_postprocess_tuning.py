@@ -1,0 +1,88 @@
+"""Post-processing chosen on the validation split, stored in a tuned copy of the checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.draw import disk, ellipse
+
+from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_mask
+
+
+def test_h_maxima_markers_split_touching_nuclei_and_keep_an_elongated_one_whole():
+    mask = np.zeros((80, 140), bool)
+    mask[disk((40, 30), 12)] = True
+    mask[disk((40, 52), 12)] = True  # two touching discs
+    mask[ellipse(40, 105, 8, 28)] = True  # one long nucleus with a flat distance ridge
+    h_maxima = instances_from_mask(mask, InstanceSettings(markers="h_maxima", h=2.0))
+    assert len(np.unique(h_maxima[:, :70])) - 1 == 2
+    assert len(np.unique(h_maxima[:, 75:])) - 1 == 1
+    peaks = instances_from_mask(mask, InstanceSettings(markers="peaks", min_distance=3))
+    assert len(np.unique(peaks[:, 75:])) - 1 > 1  # what fixed-distance peaks do to it
+
+
+def test_tuning_scores_its_choice_on_the_true_masks_too():
+    from nucleiseg.inference.postprocess_tuning import tune
+
+    truth = np.zeros((64, 96), np.int32)
+    truth[disk((20, 20), 8)] = 1
+    truth[disk((44, 70), 10)] = 2  # two separate nuclei: post-processing alone loses nothing
+    merged = np.zeros_like(truth)
+    merged[disk((32, 30), 10)] = 1
+    merged[disk((32, 48), 10)] = 1  # two touching discs annotated as one blob
+    grid = {"threshold": [0.5], "min_size": [5], "min_distance": [6], "h": []}
+    predicted = [np.where(t > 0, 0.9, 0.0) for t in (truth, merged)]
+    predicted[0][disk((50, 20), 6)] = 0.9  # and one false nucleus of the model's own
+    result = tune(predicted, [truth, merged], grid, {"fill_holes": True})
+    floor = result["chosen_on_true_masks"]
+    assert result["chosen_scores"]["count_error"] == pytest.approx(1.0)  # with the model's own
+    assert floor["count_error"] == pytest.approx(0.5)  # the blob split in two, on one of two
+    assert floor["det_f1"] < 1.0
+
+
+def test_unknown_marker_kind_is_refused():
+    with pytest.raises(ValueError, match="markers"):
+        InstanceSettings(markers="watershed")
+
+
+def test_tuning_picks_the_count_closest_setting_on_val_and_writes_a_tuned_copy(smoke_run, tmp_path):
+    from nucleiseg.inference.loading import load_model
+    from nucleiseg.inference.postprocess_tuning import run
+
+    from conftest import compose_config
+
+    run_dir, _ = smoke_run
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    original = ckpt.read_bytes()
+    cfg = compose_config(["experiment=smoke", f"+ckpt={ckpt}", "+grid.threshold=[0.3,0.5]",
+                          "+grid.min_size=[5]", "+grid.min_distance=[2,6]", "+grid.h=[1.0]"],
+                         tmp_path)  # fmt: skip
+    result = run(cfg)
+    assert len(result["candidates"]) == 2 * 1 * (2 + 1)
+    best = min(r["relative_abs_count_error"] for r in result["candidates"])
+    assert result["chosen_scores"]["relative_abs_count_error"] == best
+    assert (tmp_path / "postprocess_tuning.json").is_file()
+    assert 0 <= result["chosen_on_true_masks"]["relative_abs_count_error"] < 1
+    module, _ = load_model(result["tuned_checkpoint"])
+    chosen = InstanceSettings(**result["chosen"])
+    assert module.instance_settings == chosen
+    assert ckpt.read_bytes() == original  # the original checkpoint is never changed
+
+
+def test_tuned_copy_goes_where_asked_and_never_over_the_checkpoint(smoke_run, tmp_path):
+    from nucleiseg.inference.loading import load_model
+    from nucleiseg.inference.postprocess_tuning import write_tuned_checkpoint
+
+    run_dir, _ = smoke_run
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    settings = {"threshold": 0.6, "min_distance": 5, "min_size": 12, "fill_holes": True,
+                "markers": "peaks", "h": 1.0}  # fmt: skip
+    default = ckpt.with_name("best.tuned.ckpt")
+    before = default.read_bytes() if default.exists() else None
+    written = write_tuned_checkpoint(ckpt, settings, tmp_path / "wide" / "grid.ckpt")
+    assert written == tmp_path / "wide" / "grid.ckpt" and written.is_file()
+    assert (default.read_bytes() if default.exists() else None) == before  # left as it was
+    module, _ = load_model(written)
+    assert module.instance_settings == InstanceSettings(**settings)
+    with pytest.raises(ValueError, match="the checkpoint itself"):
+        write_tuned_checkpoint(ckpt, settings, ckpt)

@@ -1,0 +1,89 @@
+"""The three-phase pipeline trains on real data in each layout (smoke size)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from hydra.utils import instantiate
+
+from nucleiseg.data.splits import read_split_file
+from nucleiseg.training.orchestration import train
+
+from conftest import compose_config, smoke_overrides
+
+
+def test_tnbc_smoke_run_uses_the_papers_split_and_writes_it(tnbc_root, tmp_path):
+    overrides = smoke_overrides("dataset=tnbc", f"dataset.root={tnbc_root}", "stage.max_epochs=1")
+    results = train(compose_config(overrides, tmp_path))
+    assert results["status"] == "finished" and results["dataset"] == "tnbc"
+    assert set(results["test"]) == {"stage1", "stage2_frozen", "two_stage"}
+    split = read_split_file(tmp_path / "split.csv")
+    assert Counter(split.values()) == {"train": 30, "val": 10, "test": 10}
+
+
+def test_lizard_conic_layout_trains_stage1(conic_root, tmp_path):
+    overrides = smoke_overrides(
+        "dataset=lizard", f"dataset.root={conic_root}", "stage=base", "stage.max_epochs=1"
+    )
+    results = train(compose_config(overrides, tmp_path))
+    assert results["dataset"] == "lizard" and 0.0 <= results["test"]["stage1"]["dice"] <= 1.0
+    assert len(read_split_file(tmp_path / "split.csv")) == 88
+
+
+def test_study_reads_tnbc_at_20x_crops_training_and_keeps_whole_test_images(tnbc_root, tmp_path):
+    cfg = compose_config(["experiment=study", f"dataset.root={tnbc_root}"], tmp_path)
+    datamodule = instantiate(cfg.dataset.datamodule)
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["image"].shape[1:] == (3, 128, 128)  # 256 px crops at 40x, resized to 20x
+    val = datamodule.dataset("val")[0]
+    assert val["image"].shape == (3, 256, 256) and val["instances"].shape == (256, 256)
+    assert set(val["mask"].unique().tolist()) == {0.0, 1.0}
+    assert len(datamodule.dataset("train")) == 30 * cfg.dataset.datamodule.train_repeats
+
+
+def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(
+    tnbc_root, lizard_pairs, tmp_path
+):
+    """The recipe's one command end to end (train, tune post-processing on validation,
+    score the TNBC test split and CoNSeP samples), at toy size: 1 epoch of 2 batches per
+    phase, narrow encoder, a 2-setting tuning grid, 3 of the CoNSeP samples."""
+    import json
+    import subprocess
+
+    from omegaconf import OmegaConf
+    from PIL import Image
+
+    from nucleiseg.training.precision import cpu_precision
+
+    from conftest import ROOT
+
+    consep = tmp_path / "consep"
+    for folder in ("images", "masks"):
+        (consep / folder).mkdir(parents=True)
+    for stem, image, mask in lizard_pairs[:3]:
+        Image.fromarray(image).save(consep / "images" / f"{stem}.png")
+        Image.fromarray(mask.astype(np.uint8) * 255).save(consep / "masks" / f"{stem}.png")
+    run = tmp_path / "run"
+    toy = ("size=small stage.max_epochs=1 ++trainer.limit_train_batches=2 "
+           "++trainer.limit_val_batches=1 figures.test_images=0 "
+           "dataset.datamodule.crop_size=128 trainer.enable_progress_bar=false")  # fmt: skip
+    grid = "grid.threshold=[0.5] grid.min_size=[10] grid.min_distance=[4,8] grid.h=[]"
+    command = ["make", "tnbc-cpu", f"TNBC_ROOT={tnbc_root}", f"CONSEP_ROOT={consep}",
+               f"RUN={run}", f"ARGS={toy}", f"TUNE_ARGS={grid}"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "finished" and results["backbone"] == "smp_unet"
+    assert [p["name"] for p in results["phases"]] == ["stage1", "enhance", "finetune"]
+    config = OmegaConf.load(run / "config.yaml")
+    assert config.trainer.precision == cpu_precision() and config.stage.patience == 10
+    tuning = json.loads((run / "tuning" / "postprocess_tuning.json").read_text())
+    assert tuning["chosen"]["min_distance"] in (4, 8)
+    tnbc = json.loads((run / "eval_tnbc" / "results.json").read_text())
+    scored_consep = json.loads((run / "eval_consep" / "results.json").read_text())
+    assert (tnbc["images"], tnbc["split"]) == (10, "test")
+    assert (scored_consep["images"], scored_consep["split"]) == (3, "all")
+    for scored in (tnbc, scored_consep):
+        assert {"dice", "objects"} <= set(scored["test"]["two_stage"])

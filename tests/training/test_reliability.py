@@ -1,0 +1,191 @@
+"""Never lose a run: atomic checkpoints, resume after SIGKILL/SIGTERM, NaN guard, refusal to
+overwrite a finished run, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nucleiseg.analysis.report import find_runs
+from nucleiseg.training.callbacks.checkpoint_io import AtomicCheckpointIO
+
+from conftest import ROOT
+
+BASE = [
+    "experiment=smoke", "stage.max_epochs=3", "stage.patience=5", "trainer.deterministic=true",
+    "trainer.enable_progress_bar=false", "figures.test_images=1",
+]  # fmt: skip
+# the test-only callbacks live beside this file; each training subprocess imports them from it
+FAULTS_DIR = Path(__file__).resolve().parent
+KILL = "fault_injection.KillInEpoch"
+CORRUPT = "fault_injection.CorruptBatch"
+
+
+def run_train(*overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    flags = [o for o in overrides if o == "-m"]  # Hydra wants -m before the overrides
+    rest = [o for o in overrides if o != "-m"]
+    command = [sys.executable, "-m", "nucleiseg.train", *flags, *BASE, *rest]
+    path = os.pathsep.join(p for p in (str(FAULTS_DIR), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path}
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def pixel_tests(res: dict) -> dict[str, float]:
+    """Every test pixel metric, flat: {"two_stage/dice": ...}."""
+    metrics = ("precision", "recall", "dice", "iou")
+    return {f"{k}/{m}": v[m] for k, v in res["test"].items() for m in metrics}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    run_dir = tmp_path_factory.mktemp("uninterrupted")
+    done = run_train(f"hydra.run.dir={run_dir}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return results(run_dir)
+
+
+def test_sigkill_in_phase2_then_resume_gives_the_uninterrupted_results(uninterrupted, tmp_path):
+    kill = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=enhance",
+            "+callbacks.kill.epoch=1"]  # fmt: skip
+    killed = run_train(f"hydra.run.dir={tmp_path}", *kill)
+    assert killed.returncode == -9  # SIGKILL: no chance to clean up
+    state = results(tmp_path)
+    assert state["status"] == "running" and [p["name"] for p in state["phases"]] == ["stage1"]
+    last = torch.load(tmp_path / "checkpoints" / "enhance" / "last.ckpt", weights_only=False)
+    timer = next(v for k, v in last["callbacks"].items() if k.startswith("Timer"))
+    trained_before_kill = timer["time_elapsed"]["train"]
+    assert trained_before_kill > 0
+    resumed = run_train(f"hydra.run.dir={tmp_path}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continues from" in resumed.stdout + resumed.stderr
+    final = results(tmp_path)
+    assert final["status"] == "finished"
+    assert [p["epochs"] for p in final["phases"]] == [p["epochs"] for p in uninterrupted["phases"]]
+    # the resumed phase's wall time counts the training done before the kill
+    assert final["phases"][1]["wall_seconds"] >= trained_before_kill
+    assert pixel_tests(final) == pytest.approx(pixel_tests(uninterrupted), abs=1e-6)
+    # the learning curves of the phase finished before the kill survive the resume
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
+    assert sum(1 for r in rows if r.get("stage1/val/loss")) == final["phases"][0]["epochs"]
+    assert any(r.get("finetune/val/loss") for r in rows)
+
+
+WORKERS = "dataset.datamodule.num_workers=2"
+
+
+def test_sigkill_then_resume_with_two_loader_workers_gives_the_uninterrupted_results(tmp_path):
+    # the augmentation runs in the workers: their streams must restart where they were
+    straight = tmp_path / "straight"
+    done = run_train(f"hydra.run.dir={straight}", WORKERS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    kill = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=stage1",
+            "+callbacks.kill.epoch=1"]  # fmt: skip
+    resumed_dir = tmp_path / "resumed"
+    killed = run_train(f"hydra.run.dir={resumed_dir}", WORKERS, *kill)
+    assert killed.returncode == -9
+    resumed = run_train(f"hydra.run.dir={resumed_dir}", WORKERS)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continues from" in resumed.stdout + resumed.stderr
+    assert pixel_tests(results(resumed_dir)) == pytest.approx(
+        pixel_tests(results(straight)), abs=1e-6
+    )
+
+
+def test_deterministic_runs_with_one_seed_agree(uninterrupted, tmp_path):
+    again = run_train(f"hydra.run.dir={tmp_path}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert pixel_tests(results(tmp_path)) == pixel_tests(uninterrupted)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+    term = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=finetune",
+            "+callbacks.kill.epoch=0", "+callbacks.kill.signal_name=SIGTERM"]  # fmt: skip
+    stopped = run_train(f"hydra.run.dir={tmp_path}", *term)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]  # 128 + SIGTERM, not 0
+    assert results(tmp_path)["status"] == "interrupted"
+    last = tmp_path / "checkpoints" / "finetune" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert saved["callbacks"]["PhaseController"]["phase"]["name"] == "finetune"
+    resumed = run_train(f"hydra.run.dir={tmp_path}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert results(tmp_path)["status"] == "finished"
+
+
+def test_sigterm_during_validation_keeps_the_last_whole_epoch_and_the_run_resumes(tmp_path):
+    # Lightning cannot resume a checkpoint written between two validation batches: it skips
+    # the rest of that validation and early stopping finds no validation loss to check.
+    term = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=stage1",
+            "+callbacks.kill.epoch=1", "+callbacks.kill.signal_name=SIGTERM",
+            "+callbacks.kill.during=validation",
+            "dataset.datamodule.eval_batch_size=2"]  # fmt: skip
+    stopped = run_train(f"hydra.run.dir={tmp_path}", *term)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    last = torch.load(tmp_path / "checkpoints" / "stage1" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 0  # epoch 0's, written after its validation, not epoch 1's half
+    resumed = run_train(f"hydra.run.dir={tmp_path}", "dataset.datamodule.eval_batch_size=2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert results(tmp_path)["status"] == "finished"
+    assert results(tmp_path)["phases"][0]["epochs"] == 3  # stage.max_epochs: none lost
+
+
+def test_nan_batch_fails_its_job_clearly_and_the_sweep_goes_on(tmp_path):
+    # job 0 corrupts a batch in the second epoch of phase 2; job 1 never reaches step 10**6
+    sweep = [
+        "-m", f"+callbacks.corrupt._target_={CORRUPT}", "+callbacks.corrupt.phase=enhance",
+        "+callbacks.corrupt.step=2,1000000", f"hydra.sweep.dir={tmp_path}",
+    ]  # fmt: skip
+    done = run_train(*sweep)
+    assert done.returncode == 0, done.stderr[-3000:]
+    failed_dir, ok_dir = sorted(p for p in tmp_path.iterdir() if p.is_dir())
+    failed = results(failed_dir)
+    assert failed["status"] == "failed"
+    assert "non-finite training loss" in failed["error"]
+    assert "phase 'enhance' at step 2" in failed["error"]
+    good = torch.load(failed_dir / "checkpoints" / "enhance" / "last.ckpt", weights_only=True)
+    assert all(
+        torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point()
+    )
+    assert results(ok_dir)["status"] == "finished"
+    sweep_runs = find_runs(tmp_path)
+    assert [Path(j) for j, _ in sweep_runs.incomplete] == [failed_dir]
+    assert len(sweep_runs.finished) == 1
+
+
+def test_rerunning_a_finished_run_dir_leaves_its_files_byte_identical(smoke_run):
+    run_dir, _ = smoke_run
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    done = run_train(f"hydra.run.dir={run_dir}")
+    assert done.returncode != 0
+    assert "holds a finished run" in done.stderr and "overwrite=true" in done.stderr
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_atomic_checkpoint_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+
+    def dies_midway(self, checkpoint, target, storage_options=None):
+        Path(target).write_bytes(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(
+        "lightning.pytorch.plugins.io.TorchCheckpointIO.save_checkpoint", dies_midway
+    )
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.ones(3))

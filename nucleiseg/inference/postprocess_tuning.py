@@ -36,16 +36,15 @@ def candidates(grid: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any
 
 @torch.no_grad()
 def validation_probabilities(module, output: str, datamodule) -> tuple[list, list]:
-    """Probability maps and true instance maps of every validation image."""
-    from nucleiseg.inference.tiling import module_predictor, predict_whole
-
-    predict = module_predictor(module, output)
-    dataset = datamodule.dataset("val")
+    """Probability maps and true instance maps of every validation image, computed as
+    ``evaluate`` scores the test split: the datamodule's evaluation loader (its
+    ``eval_transform``, whole images, batched alike) and the module's own forward (its
+    padding), so the settings are tuned on exactly what evaluation post-processes."""
     probs, truths = [], []
-    for i in range(len(dataset.samples)):
-        image = np.asarray(dataset.samples.images[i])
-        probs.append(predict_whole(predict, image))
-        truths.append(np.asarray(dataset.samples.instances[i]))
+    for batch in datamodule.val_dataloader():
+        logits = module(batch["image"].to(module.device))[output]
+        probs += list(torch.sigmoid(logits)[:, 0].float().cpu().numpy())
+        truths += list(batch["instances"].numpy())
     return probs, truths
 
 

@@ -1,7 +1,8 @@
 """Per-image scores of a test split, kept in image order for paired comparisons.
 
 Each test image contributes its pixel Dice (torchmetrics' samplewise F1) and its nucleus
-detection recall (true nuclei matched at IoU > 0.5 over true nuclei); states are
+detection recall (true nuclei matched at IoU > 0.5 over true nuclei), both 1 for an image
+with no nucleus and none predicted; states are
 concatenated across batches and DDP ranks and sorted back into dataset order.
 """
 
@@ -33,9 +34,10 @@ class PerImageScores(Metric):
         pred_instances: np.ndarray,
         true_instances: torch.Tensor,
     ) -> None:
-        dice = binary_f1_score(
-            prob, target.int(), threshold=self.threshold, multidim_average="samplewise"
-        )
+        dice = binary_f1_score(  # nothing to find and nothing found: 1, as in pixel.py
+            prob, target.int(), threshold=self.threshold, multidim_average="samplewise",
+            zero_division=1,
+        )  # fmt: skip
         recalls = []
         for p, t in zip(pred_instances, true_instances.cpu().numpy(), strict=True):
             counts = image_counts(t, p)

@@ -37,8 +37,33 @@ VOLATILE_TRAINER_KEYS = (
     "log_every_n_steps",
 )
 
-#: callbacks that shape training; any other (monitoring, fault injection) may change
-TRAINING_CALLBACKS = ("model_checkpoint", "last_checkpoint", "early_stopping")
+#: callbacks that only watch or report (their ``_target_``): they may come and go between
+#: attempts at one run. Every other callback is fingerprinted, since it may change what is
+#: trained (SWA, gradient accumulation, pruning, ...); a callback class of one's own that
+#: cannot change results says so with a class attribute ``changes_results = False``.
+OBSERVING_CALLBACKS = frozenset(
+    f"lightning.pytorch.callbacks.{name}"
+    for name in (
+        "LearningRateMonitor", "DeviceStatsMonitor", "TQDMProgressBar", "RichProgressBar",
+        "ModelSummary", "RichModelSummary", "Timer", "ThroughputMonitor",
+    )
+)  # fmt: skip
+
+
+def changes_results(callback: Any) -> bool:
+    """Whether a configured callback may change a run's results (unknown: it may)."""
+    target = callback.get("_target_") if isinstance(callback, dict) else None
+    if not isinstance(target, str):
+        return True
+    if target in OBSERVING_CALLBACKS:
+        return False
+    from hydra.utils import get_class
+
+    try:
+        declared = getattr(get_class(target), "changes_results", True)
+    except Exception:  # not importable here: fingerprint it
+        return True
+    return declared is not False
 
 
 class RunExistsError(RuntimeError):
@@ -53,7 +78,7 @@ def comparable_config(cfg: DictConfig) -> dict[str, Any]:
     for key in VOLATILE_TRAINER_KEYS:
         data.get("trainer", {}).pop(key, None)
     callbacks = data.get("callbacks") or {}
-    for key in [k for k in callbacks if k not in TRAINING_CALLBACKS]:  # tooling, not training
+    for key in [k for k, v in callbacks.items() if not changes_results(v)]:
         callbacks.pop(key)
     flat: dict[str, Any] = {}
 

@@ -86,3 +86,33 @@ def test_tuned_copy_goes_where_asked_and_never_over_the_checkpoint(smoke_run, tm
     assert module.instance_settings == InstanceSettings(**settings)
     with pytest.raises(ValueError, match="the checkpoint itself"):
         write_tuned_checkpoint(ckpt, settings, ckpt)
+
+
+def test_tuning_scores_the_validation_images_exactly_as_evaluation_scores_them(smoke_run):
+    # evaluation = the module's test loop; the same images through it give the same AJI
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from nucleiseg.inference.loading import load_model
+    from nucleiseg.inference.postprocess_tuning import score, validation_probabilities
+
+    from conftest import compose_config
+
+    run_dir, _ = smoke_run
+    module, output = load_model(run_dir / "checkpoints" / "finetune" / "best.ckpt")
+    cfg = compose_config(["experiment=smoke", "dataset.datamodule.source.size=72"])
+    # an evaluation transform, which evaluation applies and tuning must too
+    crop = {"_target_": "albumentations.CenterCrop", "height": 40, "width": 56}
+    datamodule = instantiate(cfg.dataset.datamodule, split_output=None, eval_transform=crop)
+    datamodule.setup("fit")
+    probs, truths = validation_probabilities(module, output, datamodule)
+    settings = dict(module.instance_settings.__dict__)
+    tuned = score(settings, probs, truths)
+    datamodule.samples["test"] = datamodule.samples["val"]  # evaluate the validation images
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    module.phase = "evaluate"
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    evaluated = module.split_results("test")[output]["objects"]
+    assert probs[0].shape == (40, 56)
+    assert tuned["aji"] == pytest.approx(evaluated["aji"], abs=1e-6)
+    assert tuned["count_error"] == pytest.approx(evaluated["count_error"], abs=1e-6)

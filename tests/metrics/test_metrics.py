@@ -45,3 +45,22 @@ def test_pixel_metrics_on_a_hand_made_case():
     assert got["recall"] == pytest.approx(0.5)
     assert got["dice"] == pytest.approx(0.5)
     assert got["iou"] == pytest.approx(1 / 3)
+
+
+def test_an_image_without_nuclei_and_without_prediction_scores_dice_one():
+
+    from nucleiseg.metrics.per_image import PerImageScores
+    from nucleiseg.metrics.pixel import pixel_metrics
+
+    prob = torch.zeros(3, 1, 8, 8)
+    target = torch.zeros(3, 1, 8, 8)
+    target[1, 0, 2:5, 2:5] = 1  # image 1: a nucleus missed
+    prob[2, 0, 2:5, 2:5] = 0.9  # image 2: a nucleus where there is none
+    metrics = pixel_metrics()
+    metrics.update(prob, target.int())
+    assert metrics.compute()["dice_per_image"].tolist() == [1.0, 0.0, 0.0]
+    scores = PerImageScores()
+    instances = (target[:, 0] > 0).int()
+    predicted = (prob[:, 0] > 0.5).numpy().astype(np.int32)
+    scores.update(torch.arange(3), prob, target, predicted, instances)
+    assert scores.compute()["dice"] == [1.0, 0.0, 0.0]

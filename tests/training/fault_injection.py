@@ -34,6 +34,8 @@ class KillInEpoch(Callback):
     checkpoint is written; ``during="epoch_end"``) or after its first validation batch
     (``during="validation"``). SIGKILL simulates a crash, SIGTERM a preemption."""
 
+    changes_results = False  # it interrupts a run: the resumed run may leave it out
+
     def __init__(
         self, phase: str, epoch: int = 0, signal_name: str = "SIGKILL", during: str = "epoch_end"
     ) -> None:

@@ -103,3 +103,26 @@ def test_a_failed_export_leaves_the_good_model_in_place(tmp_path, monkeypatch, f
     got = export_module.run_exported(target, fmt, image.numpy())
     with torch.no_grad():
         assert abs(got - model(image).numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("target", "changes"),
+    [
+        ("lightning.pytorch.callbacks.StochasticWeightAveraging", True),
+        ("lightning.pytorch.callbacks.GradientAccumulationScheduler", True),
+        ("my_lab.callbacks.NotImportableHere", True),
+        ("lightning.pytorch.callbacks.LearningRateMonitor", False),
+    ],
+)
+def test_a_callback_that_may_change_training_is_part_of_the_fingerprint(target, changes, tmp_path):
+    from omegaconf import open_dict
+
+    from nucleiseg.training.run_dir import config_fingerprint
+
+    from conftest import compose_config, smoke_overrides
+
+    base = compose_config(smoke_overrides(), tmp_path)
+    extra = compose_config(smoke_overrides(), tmp_path)
+    with open_dict(extra):
+        extra.callbacks.added = {"_target_": target}
+    assert (config_fingerprint(extra) != config_fingerprint(base)) is changes

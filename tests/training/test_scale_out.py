@@ -11,8 +11,9 @@ import pytest
 
 from conftest import ROOT
 
-# no augmentation and the same global batch (2 ranks x 2 = 4): DDP sees the batches one
-# process sees, so only BatchNorm statistics (per rank; SyncBatchNorm needs a GPU) differ
+# no augmentation and the same global batch (2 ranks x 2 = 4). The ranks' DistributedSampler
+# draws another permutation than one process, and BatchNorm statistics are per rank
+# (SyncBatchNorm needs a GPU): the runs agree within tolerances, not exactly
 COMMON = [
     "experiment=smoke", "trainer.enable_progress_bar=false", "trainer.deterministic=true",
     "dataset.datamodule.train_transform=null", "figures.test_images=1",

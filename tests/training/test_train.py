@@ -120,3 +120,27 @@ def test_backbone_sweep_runs_all_five_backbones_at_smoke_size(tmp_path):
         assert "experiment=smoke" in job  # job dirs are named after their overrides
         results = json.loads((sweep_dir / job / "results.json").read_text())
         assert results["status"] == "finished" and results["backbone"] == name
+
+
+@pytest.mark.slow
+def test_a_short_run_learns_far_beyond_an_untrained_model(tmp_path):
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from nucleiseg.training.builders import build_modules
+
+    overrides = smoke_overrides(
+        "stage.max_epochs=8", "stage.patience=8", "model.optimizer.lr=1e-3",
+        "dataset.datamodule.source.num_train=16", "logger=none", "figures.test_images=0",
+    )  # fmt: skip
+    cfg = compose_config(overrides, tmp_path / "run")
+    trained = train(cfg)["test"]["two_stage"]["dice"]
+    L.seed_everything(cfg.seed)
+    untrained = build_modules(cfg)["two_stage"]
+    untrained.phase = "untrained"
+    datamodule = instantiate(cfg.dataset.datamodule, split_output=None)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.test(untrained, datamodule=datamodule, verbose=False)
+    baseline = untrained.split_results("test")["two_stage"]["dice"]
+    assert trained > 0.8
+    assert trained > baseline + 0.3, (trained, baseline)

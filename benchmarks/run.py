@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
         report["inference"] = inference.run(args.tile, args.overlap, args.tile_batch, profile)
         for row in report["inference"]:
             lines.append(
-                f"| tiled predict {row['megapixels']:.0f} MP (MP/s, peak MB) | "
-                f"{row['tiled_mp_per_s']:.3f} ({row['peak_rss_mb']:.0f} MB) | "
+                f"| tiled predict {row['megapixels']:.0f} MP (MP/s, own peak MB) | "
+                f"{row['tiled_mp_per_s']:.3f} (+{row['tiled_added_mb']:.0f} MB) | "
                 f"{row['raw_mp_per_s']:.3f} | {row['ratio']:.2f} |"
             )
     report["startup"] = startup_seconds()

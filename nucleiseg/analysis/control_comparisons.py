@@ -1,5 +1,13 @@
 """Two-stage minus each control, paired by seed and test image: bootstrap intervals over
-seeds and images, and Holm's correction across the comparisons a report makes."""
+seeds and images, an exact seed-level sign-flip test beside them, and Holm's correction
+across the comparisons a report makes.
+
+A bootstrap p-value has a resolution: with B resamples the smallest two-sided value it can
+give is 2 / (B + 1) (the observed statistic counts as one resample), never 0. With few
+seeds the bootstrap over seeds draws few distinct sets (3 seeds: 10 multisets), so each
+comparison also gets the exact sign-flip test over its per-seed mean differences, whose
+smallest two-sided p-value is 2 / 2^n_seeds (0.25 for 3 seeds).
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values)) if len(values) > 1 else 0.0
 
 
+#: comparisons with at most this many seeds are flagged: their seed-level evidence is thin
+FEW_SEEDS = 3
+
+
 class Interval(NamedTuple):
     """A mean difference, its bootstrap interval and two-sided bootstrap p-value."""
 
@@ -23,6 +35,24 @@ class Interval(NamedTuple):
     low: float
     high: float
     p_value: float
+
+
+def p_value_floor(resamples: int) -> float:
+    """The smallest two-sided bootstrap p-value ``resamples`` resamples can give."""
+    return 2.0 / (resamples + 1)
+
+
+def sign_flip_p_value(seed_differences: list[float] | np.ndarray) -> float:
+    """Exact two-sided sign-flip (permutation) test of a zero mean over per-seed mean
+    differences: the share of the 2^n sign patterns whose mean is at least as far from zero
+    as the observed one (the observed pattern counts, so the smallest value is 2 / 2^n)."""
+    import itertools
+
+    values = np.asarray(seed_differences, dtype=float)
+    observed = abs(values.mean())
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=len(values))))
+    means = np.abs((signs * values).mean(axis=1))
+    return float(np.mean(means >= observed - 1e-12))
 
 
 def crossed_bootstrap(
@@ -33,14 +63,15 @@ def crossed_bootstrap(
     crossed bootstrap: every seed is scored on the same test images, so images are crossed
     with seeds, not nested in them). ``scipy.stats.bootstrap`` draws both index samples
     (``paired=False``); percentile interval, and the p-value from the same bootstrap
-    distribution (twice the share of resamples on the far side of zero).
+    distribution: twice the share of resamples on the far side of zero, counting the
+    observed statistic as one, so it is never below ``p_value_floor(resamples)``.
     """
     from scipy.stats import bootstrap
 
     diffs = np.atleast_2d(np.asarray(differences, dtype=float))
     mean = float(diffs.mean())
     if np.ptp(diffs) == 0:  # every resample gives the same value: no spread to estimate
-        return Interval(mean, mean, mean, 1.0 if mean == 0 else 0.0)
+        return Interval(mean, mean, mean, 1.0 if mean == 0 else p_value_floor(resamples))
 
     if diffs.shape[0] == 1 or diffs.shape[1] == 1:  # one level left to resample
         samples = (diffs.ravel(),)
@@ -57,7 +88,8 @@ def crossed_bootstrap(
                        n_resamples=resamples, confidence_level=confidence, method="percentile",
                        random_state=np.random.default_rng(seed))  # fmt: skip
     dist = result.bootstrap_distribution
-    p_value = min(1.0, 2 * min(float(np.mean(dist <= 0)), float(np.mean(dist >= 0))))
+    far_side = min(int(np.sum(dist <= 0)), int(np.sum(dist >= 0)))
+    p_value = min(1.0, 2 * (far_side + 1) / (dist.size + 1))  # never below the resolution
     low, high = result.confidence_interval
     return Interval(mean, float(low), float(high), p_value)
 
@@ -105,10 +137,13 @@ def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pairs = [(a, b) for a, b in pairs if a and b and a["index"] == b["index"] and a["index"]]
         if not pairs:
             continue
-        row = {"dataset": dataset, "backbone": backbone, "control": control, "seeds": len(pairs)}
+        row = {"dataset": dataset, "backbone": backbone, "control": control, "seeds": len(pairs),
+               "few_seeds": len(pairs) <= FEW_SEEDS}  # fmt: skip
         for metric in ("dice", "det_recall"):
             diffs = np.array([np.subtract(a[metric], b[metric]) for a, b in pairs])
             row[metric] = crossed_bootstrap(diffs)
+            if metric == "dice":
+                row["seed_p"] = sign_flip_p_value(diffs.mean(axis=1))
         rows.append(row)
     scored = [r for r in rows if "refused" not in r]
     for row, (adjusted, survives) in zip(

@@ -16,6 +16,7 @@ import argparse
 import csv
 import sys
 from collections import defaultdict
+from math import comb
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from nucleiseg.analysis.control_comparisons import (
     crossed_bootstrap,
     holm,
     mean_std,
+    p_value_floor,
 )
 from nucleiseg.analysis.sweep_runs import Sweep, dataset_label, find_runs, on_paper_split
 
@@ -55,33 +57,55 @@ PAPER_COUNTERPART = {"smp_unet": "unet", "smp_unetpp": "unetpp"}
 MAIN_STAGES = ("two_stage", "base")
 
 
-def comparison_markdown(rows: list[dict[str, Any]]) -> list[str]:
+def format_p(p: float, floor: float) -> str:
+    """A p-value to three decimals, never shown as 0: at the resolution it reads ``<= floor``."""
+    return f"≤ {floor:.3f}" if p <= floor + 1e-12 else f"{p:.3f}"
+
+
+def comparison_markdown(rows: list[dict[str, Any]], resamples: int = 9999) -> list[str]:
     if not rows:
         return []
     lines = [
         "### does stage 2 help? two-stage minus control",
         "",
         "| dataset | model | control | seeds | Δ Dice per image (95% CI) | Holm p "
-        "| Δ detection recall (95% CI) |",
-        "|---|---|---|---|---|---|---|",
+        "| seed-level p | Δ detection recall (95% CI) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     refused = [r for r in rows if "refused" in r]
     scored = [r for r in rows if "refused" not in r]
+    holm_floor = min(1.0, len(scored) * p_value_floor(resamples))
     for r in scored:
         dice, recall = (f"{i.mean:+.3f} [{i.low:+.3f}, {i.high:+.3f}]"
                         for i in (r["dice"], r["det_recall"]))  # fmt: skip
         mark = " ✓" if r["holm_survives"] else ""
         name = BACKBONE_NAMES.get(r["backbone"], r["backbone"])
         seeds = f"{r['seeds']} ‡" if r["seeds"] == 1 else str(r["seeds"])
+        seeds += " §" if r.get("few_seeds") and r["seeds"] > 1 else ""
+        seed_p = f"{r['seed_p']:.3f}" if "seed_p" in r else "–"
+        holm_p = format_p(r["holm_p"], holm_floor)
         lines.append(f"| {r['dataset']} | {name} | {r['control']} | {seeds} | {dice} | "
-                     f"{r['holm_p']:.3f}{mark} | {recall} |")  # fmt: skip
+                     f"{holm_p}{mark} | {seed_p} | {recall} |")  # fmt: skip
     survivors = sum(r["holm_survives"] for r in scored)
     one_seed = any(r["seeds"] == 1 for r in scored)
+    few = [r["seeds"] for r in scored if r.get("few_seeds") and r["seeds"] > 1]
     lines += ["", f"Bootstrap over training seeds and test images, resampled independently "
-              f"(scipy.stats.bootstrap, 9999 resamples, percentile intervals): the intervals "
-              f"include seed-to-seed training variance. {len(scored)} Dice comparisons; Holm's "
-              f"correction for all {len(scored)}: {survivors} survive at family-wise α = 0.05 "
-              f"(✓). stage1 = the same run's stage 1 alone."
+              f"(scipy.stats.bootstrap, {resamples} resamples, percentile intervals): the "
+              f"intervals include seed-to-seed training variance. {len(scored)} Dice "
+              f"comparisons; Holm's correction for all {len(scored)}: {survivors} survive at "
+              f"family-wise α = 0.05 (✓). A bootstrap p-value cannot be smaller than "
+              f"2/(B+1) = {p_value_floor(resamples):.4f}, so a Holm p of "
+              f"{holm_floor:.3f} over {len(scored)} comparisons is the smallest these "
+              f"resamples resolve (shown ≤ {holm_floor:.3f}). Seed-level p: the exact "
+              f"sign-flip test over the per-seed mean differences (two-sided; its smallest "
+              f"value with n seeds is 2/2^n), uncorrected. stage1 = the same run's stage 1 "
+              f"alone."
+              + (f" § = {min(few)} seeds or so: the bootstrap over seeds draws from few "
+                 f"distinct sets ({min(few)} seeds: {comb(2 * min(few) - 1, min(few))} "
+                 f"multisets), and no seed-level test can reach "
+                 f"{2 / 2 ** min(few):.3f}; read these intervals as test-image "
+                 f"uncertainty plus a rough view of training variance."
+                 if few else "")
               + (" ‡ = one seed so far: its interval resamples test images only, with no "
                  "training variance in it, so it is narrower than a finished row's."
                  if one_seed else ""), ""]  # fmt: skip

@@ -19,7 +19,8 @@ def test_bootstrap_of_identical_predictions_is_zero_width_at_zero():
 
 
 def test_bootstrap_of_a_constant_improvement_is_that_constant():
-    assert crossed_bootstrap(np.full((3, 10), 0.04)) == pytest.approx((0.04, 0.04, 0.04, 0.0))
+    # no spread to resample, yet not p = 0: the smallest p-value 9,999 resamples resolve
+    assert crossed_bootstrap(np.full((3, 10), 0.04)) == pytest.approx((0.04, 0.04, 0.04, 2e-4))
 
 
 def test_bootstrap_reproduces_a_hand_computed_case():
@@ -148,4 +149,34 @@ def test_a_one_seed_comparison_is_marked_as_resampling_test_images_only():
     text = "\n".join(comparison_markdown(comparisons(one)))
     assert "| 1 ‡ |" in text and "test images only" in text
     text = "\n".join(comparison_markdown(comparisons(two)))
-    assert "| 2 |" in text and "‡" not in text
+    assert "| 2 § |" in text and "‡" not in text  # two seeds: few, flagged
+
+
+def test_a_bootstrap_p_value_never_falls_below_its_resolution():
+    from nucleiseg.analysis.control_comparisons import p_value_floor
+
+    far_from_zero = np.random.default_rng(0).normal(1.0, 0.01, (3, 20))
+    result = crossed_bootstrap(far_from_zero, resamples=999)
+    assert result.p_value == pytest.approx(p_value_floor(999)) and result.p_value > 0
+
+
+def test_the_seed_level_sign_flip_test_is_exact():
+    from nucleiseg.analysis.control_comparisons import sign_flip_p_value
+
+    assert sign_flip_p_value([0.02, 0.03, 0.01]) == pytest.approx(0.25)  # 2 of 8 patterns
+    assert sign_flip_p_value([0.02, -0.03, 0.01]) == pytest.approx(1.0)
+    assert sign_flip_p_value([0.1, 0.2, 0.3, 0.4, 0.5]) == pytest.approx(2 / 32)
+
+
+def test_the_report_shows_p_at_its_resolution_and_flags_few_seeds():
+    from nucleiseg.analysis.control_comparisons import Interval
+    from nucleiseg.analysis.report import comparison_markdown
+
+    row = {"dataset": "tnbc", "backbone": "unet", "control": "stage1", "seeds": 3,
+           "few_seeds": True, "dice": Interval(0.03, 0.02, 0.04, 2e-4),
+           "det_recall": Interval(0.0, -0.1, 0.1, 1.0), "seed_p": 0.25,
+           "holm_p": 26 * 2e-4, "holm_survives": True}  # fmt: skip
+    text = "\n".join(comparison_markdown([row] * 26))
+    assert "| ≤ 0.005 ✓ | 0.250 |" in text
+    assert "| 0.000" not in text  # no p-value reads as zero
+    assert "3 §" in text and "10 multisets" in text

@@ -111,7 +111,7 @@ def test_deterministic_runs_with_one_seed_agree(uninterrupted, tmp_path):
     assert pixel_tests(results(tmp_path)) == pixel_tests(uninterrupted)
 
 
-def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(uninterrupted, tmp_path):
     term = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=finetune",
             "+callbacks.kill.epoch=0", "+callbacks.kill.signal_name=SIGTERM"]  # fmt: skip
     stopped = run_train(f"hydra.run.dir={tmp_path}", *term)
@@ -120,9 +120,15 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(tmp_path):
     last = tmp_path / "checkpoints" / "finetune" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
     assert saved["callbacks"]["PhaseController"]["phase"]["name"] == "finetune"
+    assert saved["epoch"] == 1  # the epoch the signal ended, saved whole
     resumed = run_train(f"hydra.run.dir={tmp_path}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert results(tmp_path)["status"] == "finished"
+    assert "continues from" in resumed.stdout + resumed.stderr
+    final = results(tmp_path)
+    assert final["status"] == "finished"
+    # the preempted run ends where the uninterrupted one did, epoch for epoch
+    assert [p["epochs"] for p in final["phases"]] == [p["epochs"] for p in uninterrupted["phases"]]
+    assert pixel_tests(final) == pytest.approx(pixel_tests(uninterrupted), abs=1e-6)
 
 
 def test_sigterm_during_validation_keeps_the_last_whole_epoch_and_the_run_resumes(tmp_path):

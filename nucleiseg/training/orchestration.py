@@ -108,6 +108,15 @@ def _train(cfg: DictConfig, run_dir: Path, writer: bool) -> dict[str, Any]:
     if writer:
         write_results(run_dir / "results.json", results)
         publish_run_outputs(run_dir, results, snapshots, loggers)
+        log.info("%s", results_summary(results))
         log.info("results written to %s", run_dir / "results.json")
     close_loggers(loggers)
     return results
+
+
+def results_summary(results: dict[str, Any]) -> str:
+    """One line of the run's test figures, e.g. ``test Dice (pixels pooled): stage1 0.907,
+    stage2_frozen 0.749, two_stage 0.955; 116 s of training``."""
+    rows = [f"{name} {row['dice']:.3f}" for name, row in results["test"].items() if "dice" in row]
+    seconds = sum(p.get("wall_seconds") or 0 for p in results["phases"])
+    return f"test Dice (pixels pooled): {', '.join(rows)}; {seconds:.0f} s of training"

@@ -61,3 +61,16 @@ def test_the_same_torch_state_draws_the_same_augmentations():
         torch.manual_seed(7)
         runs.append(epoch_images(datamodule(num_workers=2).train_dataloader()))
     assert all(torch.equal(a, b) for a, b in zip(*runs, strict=True))
+
+
+def test_without_workers_the_saved_augmentation_state_resumes_the_stream():
+    first = datamodule(num_workers=0)
+    epoch_images(first.train_dataloader())
+    saved = first.state_dict()  # what a checkpoint at the end of this epoch holds
+    expected = epoch_images(first.train_dataloader())
+    resumed = datamodule(num_workers=0)
+    resumed.load_state_dict(saved)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(expected, epoch_images(resumed.train_dataloader()), strict=True)
+    )

@@ -75,7 +75,7 @@ def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     results = json.loads((run / "results.json").read_text())
-    assert results["status"] == "finished" and results["backbone"] == "smp_unet"
+    assert results["status"] == "finished" and results["backbone"] == "unet"
     assert [p["name"] for p in results["phases"]] == ["stage1", "enhance", "finetune"]
     config = OmegaConf.load(run / "config.yaml")
     assert config.trainer.precision == cpu_precision() and config.stage.patience == 10

@@ -17,9 +17,12 @@ from nucleiseg.training.callbacks.checkpoint_io import AtomicCheckpointIO
 
 from conftest import ROOT
 
+# two DataLoader workers: the augmentation runs in them, so every resume test also checks
+# that their streams restart where they were (0 workers: tests/data/test_augmentation_workers)
 BASE = [
     "experiment=smoke", "stage.max_epochs=3", "stage.patience=5", "trainer.deterministic=true",
     "trainer.enable_progress_bar=false", "figures.test_images=1",
+    "dataset.datamodule.num_workers=2",
 ]  # fmt: skip
 # the test-only callbacks live beside this file; each training subprocess imports them from it
 FAULTS_DIR = Path(__file__).resolve().parent
@@ -43,9 +46,13 @@ def results(run_dir: Path) -> dict:
 
 
 def pixel_tests(res: dict) -> dict[str, float]:
-    """Every test pixel metric, flat: {"two_stage/dice": ...}."""
+    """Every test pixel metric, flat (``"two_stage/dice": ...``), and each phase's best
+    validation loss, which moves with every weight: a smoke model's test Dice alone can be
+    the same for different training (all pixels one class)."""
     metrics = ("precision", "recall", "dice", "iou")
-    return {f"{k}/{m}": v[m] for k, v in res["test"].items() for m in metrics}
+    found = {f"{k}/{m}": v[m] for k, v in res["test"].items() for m in metrics}
+    found.update({f"{p['name']}/best_val_loss": p["best_val_loss"] for p in res["phases"]})
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -82,27 +89,6 @@ def test_sigkill_in_phase2_then_resume_gives_the_uninterrupted_results(uninterru
     rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     assert sum(1 for r in rows if r.get("stage1/val/loss")) == final["phases"][0]["epochs"]
     assert any(r.get("finetune/val/loss") for r in rows)
-
-
-WORKERS = "dataset.datamodule.num_workers=2"
-
-
-def test_sigkill_then_resume_with_two_loader_workers_gives_the_uninterrupted_results(tmp_path):
-    # the augmentation runs in the workers: their streams must restart where they were
-    straight = tmp_path / "straight"
-    done = run_train(f"hydra.run.dir={straight}", WORKERS)
-    assert done.returncode == 0, done.stderr[-3000:]
-    kill = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=stage1",
-            "+callbacks.kill.epoch=1"]  # fmt: skip
-    resumed_dir = tmp_path / "resumed"
-    killed = run_train(f"hydra.run.dir={resumed_dir}", WORKERS, *kill)
-    assert killed.returncode == -9
-    resumed = run_train(f"hydra.run.dir={resumed_dir}", WORKERS)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "continues from" in resumed.stdout + resumed.stderr
-    assert pixel_tests(results(resumed_dir)) == pytest.approx(
-        pixel_tests(results(straight)), abs=1e-6
-    )
 
 
 def test_deterministic_runs_with_one_seed_agree(uninterrupted, tmp_path):

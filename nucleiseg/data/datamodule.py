@@ -43,10 +43,10 @@ def seed_training_worker(worker_id: int) -> None:
 
     albumentations keeps its own generators, which neither ``seed_everything(workers=True)``
     nor torch reseeds in a worker, so every worker (and every rank) would otherwise draw
-    the same stream. The base seed is drawn from the main process's torch generator each
-    time an epoch's workers start (the training loader's workers are not persistent), so
-    every epoch draws anew, and a resumed run, whose torch state is restored, draws what
-    the uninterrupted run drew.
+    the same stream. The base seed is drawn from the training loader's generator
+    (``NucleiDataModule.train_generator``) each time an epoch's workers start (they are not
+    persistent), so every epoch draws anew, and a resumed run, whose generator state the
+    checkpoint restores, draws what the uninterrupted run drew.
     """
     rank = rank_zero_only.rank  # inherited from the rank process that started this worker
     pl_worker_init_function(worker_id, rank)  # numpy, random and torch, as Lightning does
@@ -133,6 +133,11 @@ class NucleiDataModule(L.LightningDataModule):
         self.train_repeats = train_repeats
         self.eval_transform = eval_transform
         self.pin_memory = pin_memory
+        # the training loader's own generator: its shuffle and its workers' base seeds come
+        # from it, not from the global torch generator that validation loaders draw from
+        # too, so checkpointing it (state_dict) resumes both exactly
+        self.train_generator = torch.Generator()
+        self.train_generator.manual_seed(torch.initial_seed())
         self.samples: dict[str, SplitSamples] = {}
         self.stain_normalizer: Callable[[np.ndarray], np.ndarray] | None = None
 
@@ -211,6 +216,7 @@ class NucleiDataModule(L.LightningDataModule):
             # training workers start afresh each epoch, seeded anew (seed_training_worker)
             persistent_workers=self.num_workers > 0 and not train,
             worker_init_fn=seed_training_worker if train and self.num_workers > 0 else None,
+            generator=self.train_generator if train else None,
             pin_memory=self.pin_memory,
             drop_last=False,
         )
@@ -222,7 +228,8 @@ class NucleiDataModule(L.LightningDataModule):
             "augmentation": [
                 (t.random_generator.bit_generator.state, t.py_random.getstate())
                 for t in random_transforms(self.train_transform)
-            ]
+            ],
+            "train_generator": self.train_generator.get_state(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -237,6 +244,8 @@ class NucleiDataModule(L.LightningDataModule):
         for transform, (numpy_state, python_state) in zip(transforms, saved, strict=True):
             transform.random_generator.bit_generator.state = numpy_state
             transform.py_random.setstate(python_state)
+        if "train_generator" in state_dict:  # checkpoints before it shuffled from torch's
+            self.train_generator.set_state(state_dict["train_generator"])
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

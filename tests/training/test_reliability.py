@@ -17,13 +17,14 @@ from nucleiseg.training.callbacks.checkpoint_io import AtomicCheckpointIO
 
 from conftest import ROOT
 
-# two DataLoader workers: the augmentation runs in them, so every resume test also checks
-# that their streams restart where they were (0 workers: tests/data/test_augmentation_workers)
 BASE = [
     "experiment=smoke", "stage.max_epochs=3", "stage.patience=5", "trainer.deterministic=true",
     "trainer.enable_progress_bar=false", "figures.test_images=1",
-    "dataset.datamodule.num_workers=2",
 ]  # fmt: skip
+# the resume tests run two DataLoader workers: the augmentation runs in them, so they also
+# check that the workers' streams restart where they were (0 workers:
+# tests/data/test_augmentation_workers.py)
+WORKERS = "dataset.datamodule.num_workers=2"
 # the test-only callbacks live beside this file; each training subprocess imports them from it
 FAULTS_DIR = Path(__file__).resolve().parent
 KILL = "fault_injection.KillInEpoch"
@@ -58,7 +59,7 @@ def pixel_tests(res: dict) -> dict[str, float]:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> dict:
     run_dir = tmp_path_factory.mktemp("uninterrupted")
-    done = run_train(f"hydra.run.dir={run_dir}")
+    done = run_train(f"hydra.run.dir={run_dir}", WORKERS)
     assert done.returncode == 0, done.stderr[-3000:]
     return results(run_dir)
 
@@ -66,7 +67,7 @@ def uninterrupted(tmp_path_factory) -> dict:
 def test_sigkill_in_phase2_then_resume_gives_the_uninterrupted_results(uninterrupted, tmp_path):
     kill = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=enhance",
             "+callbacks.kill.epoch=1"]  # fmt: skip
-    killed = run_train(f"hydra.run.dir={tmp_path}", *kill)
+    killed = run_train(f"hydra.run.dir={tmp_path}", WORKERS, *kill)
     assert killed.returncode == -9  # SIGKILL: no chance to clean up
     state = results(tmp_path)
     assert state["status"] == "running" and [p["name"] for p in state["phases"]] == ["stage1"]
@@ -74,7 +75,7 @@ def test_sigkill_in_phase2_then_resume_gives_the_uninterrupted_results(uninterru
     timer = next(v for k, v in last["callbacks"].items() if k.startswith("Timer"))
     trained_before_kill = timer["time_elapsed"]["train"]
     assert trained_before_kill > 0
-    resumed = run_train(f"hydra.run.dir={tmp_path}")
+    resumed = run_train(f"hydra.run.dir={tmp_path}", WORKERS)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "continues from" in resumed.stdout + resumed.stderr
     final = results(tmp_path)
@@ -92,7 +93,7 @@ def test_sigkill_in_phase2_then_resume_gives_the_uninterrupted_results(uninterru
 
 
 def test_deterministic_runs_with_one_seed_agree(uninterrupted, tmp_path):
-    again = run_train(f"hydra.run.dir={tmp_path}")
+    again = run_train(f"hydra.run.dir={tmp_path}", WORKERS)
     assert again.returncode == 0, again.stderr[-3000:]
     assert pixel_tests(results(tmp_path)) == pixel_tests(uninterrupted)
 
@@ -100,14 +101,14 @@ def test_deterministic_runs_with_one_seed_agree(uninterrupted, tmp_path):
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(uninterrupted, tmp_path):
     term = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=finetune",
             "+callbacks.kill.epoch=0", "+callbacks.kill.signal_name=SIGTERM"]  # fmt: skip
-    stopped = run_train(f"hydra.run.dir={tmp_path}", *term)
+    stopped = run_train(f"hydra.run.dir={tmp_path}", WORKERS, *term)
     assert stopped.returncode == 143, stopped.stderr[-3000:]  # 128 + SIGTERM, not 0
     assert results(tmp_path)["status"] == "interrupted"
     last = tmp_path / "checkpoints" / "finetune" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
     assert saved["callbacks"]["PhaseController"]["phase"]["name"] == "finetune"
     assert saved["epoch"] == 1  # the epoch the signal ended, saved whole
-    resumed = run_train(f"hydra.run.dir={tmp_path}")
+    resumed = run_train(f"hydra.run.dir={tmp_path}", WORKERS)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "continues from" in resumed.stdout + resumed.stderr
     final = results(tmp_path)

@@ -70,7 +70,9 @@ def phase_trainer(
         logger=loggers or False,
         max_epochs=phase.max_epochs,
         min_epochs=phase.min_epochs,
-        default_root_dir=str(run_dir),
+        # the phase's own folder: Lightning's SLURM requeue writes hpc_ckpt_<n>.ckpt there
+        # and resumes from the newest one it finds there, so no phase can load another's
+        default_root_dir=str(checkpoint_dir),
     )
     return trainer, checkpoint, early_stopping
 

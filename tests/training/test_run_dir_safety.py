@@ -126,3 +126,28 @@ def test_a_callback_that_may_change_training_is_part_of_the_fingerprint(target, 
     with open_dict(extra):
         extra.callbacks.added = {"_target_": target}
     assert (config_fingerprint(extra) != config_fingerprint(base)) is changes
+
+
+def test_lightnings_slurm_resume_never_finds_another_phases_checkpoint(tmp_path):
+    # Lightning resumes a requeued SLURM job from the newest hpc_ckpt_<n>.ckpt in the
+    # Trainer's default_root_dir; each phase has its own, so a stale one of phase 2 (or one
+    # in the run dir) is not picked up by phase 3
+    from nucleiseg.lightning.phases import build_phases
+    from nucleiseg.training.phase_runner import phase_trainer
+
+    from conftest import compose_config, smoke_overrides
+
+    cfg = compose_config(smoke_overrides(), tmp_path)
+    phases = build_phases(cfg)
+    for folder in (tmp_path, tmp_path / "checkpoints" / "enhance"):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "hpc_ckpt_1.ckpt").write_bytes(b"another phase's state")
+    finetune = next(p for p in phases if p.name == "finetune")
+    trainer, _, _ = phase_trainer(cfg, finetune, 2, tmp_path, [])
+    assert trainer.default_root_dir == str(tmp_path / "checkpoints" / "finetune")
+    assert trainer._checkpoint_connector._hpc_resume_path is None
+    enhance = next(p for p in phases if p.name == "enhance")
+    trainer, _, _ = phase_trainer(cfg, enhance, 1, tmp_path, [])
+    assert trainer._checkpoint_connector._hpc_resume_path == str(
+        tmp_path / "checkpoints" / "enhance" / "hpc_ckpt_1.ckpt"
+    )

@@ -130,8 +130,8 @@ def test_a_short_run_learns_far_beyond_an_untrained_model(tmp_path):
     from nucleiseg.training.builders import build_modules
 
     overrides = smoke_overrides(
-        "stage.max_epochs=6", "stage.patience=6", "model.optimizer.lr=1e-3", "logger=none",
-        "figures.test_images=0",
+        "stage.max_epochs=8", "stage.patience=8", "model.optimizer.lr=1e-3", "logger=none",
+        "dataset.datamodule.source.num_train=16", "figures.test_images=0",
     )  # fmt: skip
     cfg = compose_config(overrides, tmp_path / "run")
     trained = train(cfg)["test"]["two_stage"]["dice"]
@@ -142,7 +142,7 @@ def test_a_short_run_learns_far_beyond_an_untrained_model(tmp_path):
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.test(untrained, datamodule=datamodule, verbose=False)
     baseline = untrained.split_results("test")["two_stage"]["dice"]
-    assert trained > 0.7  # 6 epochs on 8 toy tiles: 0.83 here
+    assert trained > 0.8  # 8 epochs on 16 toy tiles: 0.947, 0.939, 0.955 for seeds 0-2 here
     assert trained > baseline + 0.3, (trained, baseline)
 
 

@@ -113,15 +113,21 @@ def test_normalisation_travels_in_the_checkpoint_and_predict_matches_evaluate(tm
 
     # export writes the fitted values beside the graph, which does not hold them
     import json
+    import os
     import subprocess
     import sys
 
     from conftest import ROOT
 
+    before = [p.name for p in tmp_path.iterdir()]
     out = tmp_path / "model.pt"
     command = [sys.executable, "-m", "nucleiseg.export", f"ckpt={ckpt}", "format=torchscript",
                f"output={out}"]  # fmt: skip
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(  # no log where it ran
+        ["model.pt", "model.pt.stain_normalization.json", *before]
+    )
     side = json.loads((tmp_path / "model.pt.stain_normalization.json").read_text())
     assert normalizer_from_config(side) == normalize

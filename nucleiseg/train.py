@@ -23,16 +23,21 @@ def main(cfg: DictConfig) -> None:
 
     # heavy imports stay out of --help
     from nucleiseg.training.orchestration import RunExistsError, train
-    from nucleiseg.training.process_control import end_distributed_job, prepare_job
+    from nucleiseg.training.process_control import (
+        end_distributed_job,
+        prepare_job,
+        requeue_if_preempted,
+    )
 
     prepare_job(cfg)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         train(cfg)
     except SIGTERMException as err:
+        log.error("stopped by SIGTERM; a resumable checkpoint was saved (resume=auto)")
+        requeue_if_preempted()  # submitit's preemption: the checkpoint is written, requeue
         # Lightning's SIGTERMException is a SystemExit without a code (exit status 0): a
         # preempted run must not look like a finished one to a scheduler or a script
-        log.error("stopped by SIGTERM; a resumable checkpoint was saved (resume=auto)")
         raise SystemExit(PREEMPTED_EXIT_CODE) from err
     except (Exception, RunExistsError) as err:
         if not multirun:

@@ -22,7 +22,10 @@ from nucleiseg.training.branching import branched_phases
 from nucleiseg.training.builders import build_loggers, build_modules, fit_stain_normalization
 from nucleiseg.training.checkpoints import load_weights
 from nucleiseg.training.phase_runner import reuse_phase, run_phase
-from nucleiseg.training.process_control import forward_sigusr1_as_sigterm
+from nucleiseg.training.process_control import (
+    forward_sigusr1_as_sigterm,
+    forward_submitit_preemption,
+)
 from nucleiseg.training.run_dir import (
     RunExistsError,
     lock_run_dir,
@@ -64,6 +67,7 @@ def _train(cfg: DictConfig, run_dir: Path, writer: bool) -> dict[str, Any]:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         write_results(run_dir / "results.json", results)
     forward_sigusr1_as_sigterm()
+    forward_submitit_preemption()
     try:  # from here on, a failure is recorded in results.json
         L.seed_everything(cfg.seed, workers=True)
         datamodule = instantiate(cfg.dataset.datamodule)

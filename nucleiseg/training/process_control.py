@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig
@@ -16,6 +17,44 @@ def forward_sigusr1_as_sigterm() -> None:
     if os.environ.get("SLURM_JOB_ID") or threading.current_thread() is not threading.main_thread():
         return
     signal.signal(signal.SIGUSR1, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+
+
+#: a submitit preemption signal seen during training: (submitit's handler, the signal)
+_SUBMITIT_PREEMPTION: dict[str, tuple] = {}
+
+
+def forward_submitit_preemption() -> None:
+    """In a submitit job (``hydra/launcher=slurm`` or ``submitit_local``), make its preemption
+    signal (USR2 by default) save a resumable checkpoint first: it is turned into SIGTERM,
+    which ends the phase with ``last.ckpt`` written (``PreemptionCheckpoint``), and
+    submitit's own handler, which requeues the job, runs after that
+    (``requeue_if_preempted``). Without it submitit requeued at once and nothing was saved."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    from submitit.core.job_environment import JobEnvironment
+
+    signum = JobEnvironment._usr_sig()
+    submitits = signal.getsignal(signum)
+    if not callable(submitits) or getattr(submitits, "saves_first", False):
+        return
+
+    def save_then_requeue(received: int, frame: Any) -> None:
+        _SUBMITIT_PREEMPTION["pending"] = (submitits, received)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    save_then_requeue.saves_first = True  # type: ignore[attr-defined]
+    signal.signal(signum, save_then_requeue)
+
+
+def requeue_if_preempted() -> None:
+    """After a stop by SIGTERM: if submitit's preemption signal caused it, let submitit's
+    handler requeue the job now that the checkpoint is written (it exits the process)."""
+    pending = _SUBMITIT_PREEMPTION.pop("pending", None)
+    if pending is not None:
+        handler, received = pending
+        handler(received, None)
 
 
 def stop_other_ranks(trainer: L.Trainer | None) -> None:

@@ -182,3 +182,23 @@ def test_atomic_checkpoint_write_keeps_the_old_file_when_interrupted(tmp_path, m
     with pytest.raises(KeyboardInterrupt):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
     assert torch.equal(torch.load(path, weights_only=True)["state_dict"]["w"], torch.ones(3))
+
+
+def test_submitit_preemption_saves_a_checkpoint_then_requeues_and_the_run_finishes(tmp_path):
+    # submitit signals USR2 before a time limit (or on preemption) and requeues the job: the
+    # phase must end with last.ckpt written first, and the requeued job continue from it
+    sweep = tmp_path / "sweep"
+    usr2 = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=enhance",
+            "+callbacks.kill.epoch=0", "+callbacks.kill.signal_name=SIGUSR2"]  # fmt: skip
+    done = run_train("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                     f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job", *usr2)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    job = sweep / "job"
+    final = results(job)
+    assert final["status"] == "finished"
+    assert [p["name"] for p in final["phases"]] == ["stage1", "enhance", "finetune"]
+    submitit_logs = "".join(p.read_text() for p in sweep.rglob("*_log.*"))
+    assert "Caught signal SIGUSR2" in submitit_logs and "Requeued job" in submitit_logs
+    train_logs = "".join(p.read_text() for p in job.glob("train*.log"))
+    assert "stopped by SIGTERM; a resumable checkpoint was saved" in train_logs  # saved first
+    assert "phase 'enhance' continues from" in train_logs

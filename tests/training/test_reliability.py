@@ -64,6 +64,19 @@ def uninterrupted(tmp_path_factory) -> dict:
     return results(run_dir)
 
 
+def resume_and_compare(run_dir: Path, uninterrupted: dict) -> dict:
+    """Rerun into ``run_dir``: it continues, finishes, and ends where the uninterrupted run
+    did, epoch for epoch and in every figure; its results."""
+    resumed = run_train(f"hydra.run.dir={run_dir}", WORKERS)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "continues from" in resumed.stdout + resumed.stderr
+    final = results(run_dir)
+    assert final["status"] == "finished"
+    assert [p["epochs"] for p in final["phases"]] == [p["epochs"] for p in uninterrupted["phases"]]
+    assert pixel_tests(final) == pytest.approx(pixel_tests(uninterrupted), abs=1e-6)
+    return final
+
+
 def test_sigkill_in_phase2_then_resume_gives_the_uninterrupted_results(uninterrupted, tmp_path):
     kill = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=enhance",
             "+callbacks.kill.epoch=1"]  # fmt: skip
@@ -75,15 +88,9 @@ def test_sigkill_in_phase2_then_resume_gives_the_uninterrupted_results(uninterru
     timer = next(v for k, v in last["callbacks"].items() if k.startswith("Timer"))
     trained_before_kill = timer["time_elapsed"]["train"]
     assert trained_before_kill > 0
-    resumed = run_train(f"hydra.run.dir={tmp_path}", WORKERS)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "continues from" in resumed.stdout + resumed.stderr
-    final = results(tmp_path)
-    assert final["status"] == "finished"
-    assert [p["epochs"] for p in final["phases"]] == [p["epochs"] for p in uninterrupted["phases"]]
+    final = resume_and_compare(tmp_path, uninterrupted)
     # the resumed phase's wall time counts the training done before the kill
     assert final["phases"][1]["wall_seconds"] >= trained_before_kill
-    assert pixel_tests(final) == pytest.approx(pixel_tests(uninterrupted), abs=1e-6)
     # the learning curves of the phase finished before the kill survive the resume
     import csv
 
@@ -108,14 +115,7 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(uninterrupted, tmp_path)
     saved = torch.load(last, weights_only=True)
     assert saved["callbacks"]["PhaseController"]["phase"]["name"] == "finetune"
     assert saved["epoch"] == 1  # the epoch the signal ended, saved whole
-    resumed = run_train(f"hydra.run.dir={tmp_path}", WORKERS)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "continues from" in resumed.stdout + resumed.stderr
-    final = results(tmp_path)
-    assert final["status"] == "finished"
-    # the preempted run ends where the uninterrupted one did, epoch for epoch
-    assert [p["epochs"] for p in final["phases"]] == [p["epochs"] for p in uninterrupted["phases"]]
-    assert pixel_tests(final) == pytest.approx(pixel_tests(uninterrupted), abs=1e-6)
+    resume_and_compare(tmp_path, uninterrupted)
 
 
 def test_sigterm_during_validation_keeps_the_last_whole_epoch_and_the_run_resumes(tmp_path):

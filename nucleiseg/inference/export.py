@@ -68,11 +68,14 @@ def export(
     """
     if fmt not in ("onnx", "torchscript"):
         raise ValueError(f"unknown format '{fmt}'; use onnx or torchscript")
-    if fmt == "onnx" and weight_bytes(model) >= ONNX_SINGLE_FILE_LIMIT:
-        raise ValueError(
-            f"the model's weights take {weight_bytes(model) / 2**30:.1f} GiB, over the 2 GiB "
-            "an ONNX file can hold in one piece; export format=torchscript instead"
-        )
+    if fmt == "onnx":  # both before anything is written
+        require_single_file_onnx_export()
+        size_bytes = weight_bytes(model)
+        if size_bytes >= ONNX_SINGLE_FILE_LIMIT:
+            raise ValueError(
+                f"the model's weights take {size_bytes / 2**30:.1f} GiB, over the 2 GiB an "
+                "ONNX file can hold in one piece; export format=torchscript instead"
+            )
 
     def write(tmp: Path) -> None:
         try:
@@ -124,7 +127,6 @@ def _write_and_check(
                     3: torch.export.Dim("width", min=32, max=16384),
                 }
             }
-        require_single_file_onnx_export()
         torch.onnx.export(
             model, (example,), str(path), dynamo=True, dynamic_shapes=dims,
             input_names=["image"], output_names=["probability"], external_data=False,

@@ -173,7 +173,7 @@ def test_the_report_shows_p_at_its_resolution_and_flags_few_seeds():
     from nucleiseg.analysis.report import comparison_markdown
 
     row = {"dataset": "tnbc", "backbone": "unet", "control": "stage1", "seeds": 3,
-           "few_seeds": True, "dice": Interval(0.03, 0.02, 0.04, 2e-4),
+           "dice": Interval(0.03, 0.02, 0.04, 2e-4),
            "det_recall": Interval(0.0, -0.1, 0.1, 1.0), "seed_p": 0.25,
            "holm_p": 26 * 2e-4, "holm_survives": True}  # fmt: skip
     text = "\n".join(comparison_markdown([row] * 26))

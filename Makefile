@@ -9,9 +9,11 @@ RUN ?= outputs/tnbc_cpu
 ARGS ?=
 TUNE_ARGS ?=
 TNBC_ROOT ?= $(DATA)/TNBC_NucleiSegmentation
-CONSEP_ROOT ?= $(DATA)/lizard_consep_aug
+CONSEP_ROOT ?= $(DATA)/consep
+CONSEP_RUN ?= outputs/consep_cpu
+MPP ?= 0.25
 
-.PHONY: help install test lint format train smoke sweep paper report bench gpu-check study tnbc-cpu clean
+.PHONY: help install test lint format train smoke sweep paper report bench gpu-check study tnbc-cpu consep-cpu clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -61,7 +63,12 @@ tnbc-cpu:  ## a TNBC model on a 2-core CPU: train, tune post-processing on valid
 	$(PYTHON) -m nucleiseg.train experiment=tnbc_cpu dataset.root=$(TNBC_ROOT) paths.output_dir=$(RUN) $(ARGS)
 	$(PYTHON) -m nucleiseg.tune_postprocess experiment=tnbc_cpu dataset.root=$(TNBC_ROOT) ckpt=$(RUN)/checkpoints/finetune/best.ckpt paths.output_dir=$(RUN)/tuning $(ARGS) $(TUNE_ARGS)
 	$(PYTHON) -m nucleiseg.evaluate experiment=tnbc_cpu dataset.root=$(TNBC_ROOT) ckpt=$(RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(RUN)/eval_tnbc trainer.precision=32-true $(ARGS)
-	$(PYTHON) -m nucleiseg.evaluate experiment=tnbc_cpu dataset=folder dataset.root=$(CONSEP_ROOT) whole_dataset=true ckpt=$(RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(RUN)/eval_consep trainer.precision=32-true $(ARGS)
+	$(PYTHON) -m nucleiseg.evaluate experiment=tnbc_cpu dataset=consep dataset.root=$(CONSEP_ROOT) ckpt=$(RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(RUN)/eval_consep trainer.precision=32-true $(ARGS)
+
+consep-cpu:  ## CoNSeP on a 2-core CPU: train at MPP (0.25: its native 40x; 0.5: 20x), tune post-processing on validation, score test (DATA=data, CONSEP_RUN=outputs/consep_cpu, ARGS=overrides for all)
+	$(PYTHON) -m nucleiseg.train experiment=consep_cpu dataset.root=$(CONSEP_ROOT) model.mpp=$(MPP) paths.output_dir=$(CONSEP_RUN) $(ARGS)
+	$(PYTHON) -m nucleiseg.tune_postprocess experiment=consep_cpu dataset.root=$(CONSEP_ROOT) ckpt=$(CONSEP_RUN)/checkpoints/finetune/best.ckpt paths.output_dir=$(CONSEP_RUN)/tuning $(ARGS) $(TUNE_ARGS)
+	$(PYTHON) -m nucleiseg.evaluate experiment=consep_cpu dataset.root=$(CONSEP_ROOT) ckpt=$(CONSEP_RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(CONSEP_RUN)/eval_test trainer.precision=32-true $(ARGS)
 
 bench:  ## benchmarks: framework vs plain loop, phases, loader, tiled inference, start-up
 	$(PYTHON) -m benchmarks.run

@@ -1,8 +1,10 @@
 """Entry point: ``python -m nucleiseg.evaluate ckpt=... dataset=tnbc dataset.root=...``.
 
 Scores a trained checkpoint on a dataset's test split (or, with ``whole_dataset=true``, on
-every image) and writes ``results.json`` with the same ``test`` block as a training run:
-pixel metrics, nucleus-level metrics and, for a two-stage model, stage 1 beside it.
+every image) at the images' own pixel grid (``input_mpp``, default the dataset's ``mpp``:
+they are resampled to the model's and its outputs back) and writes ``results.json`` with
+the same ``test`` block as a training run: pixel metrics, nucleus-level metrics and, for a
+two-stage model, stage 1 beside it.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from nucleiseg.data.whole import WholeDataset
     from nucleiseg.files.atomic import write_json_atomic
-    from nucleiseg.inference.loading import load_model
+    from nucleiseg.inference.loading import apply_input_mpp, load_model
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     module, output = load_model(cfg.ckpt)
     module.phase = "evaluate"
-    datamodule = instantiate(cfg.dataset.datamodule, split_output=None)
+    input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
+    # scored at the data's own grid: the module resamples its input to the model's and back
+    datamodule = instantiate(cfg.dataset.datamodule, split_output=None, model_mpp=None)
     datamodule.set_stain_normalizer(module.stain_normalizer)  # as the model was trained
     if cfg.whole_dataset:
         datamodule.source = WholeDataset(datamodule.source)
@@ -37,6 +41,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "split": "all" if cfg.whole_dataset else "test",
         "images": len(datamodule.samples["test"]),
         "output": output,
+        "input_mpp": input_mpp,
+        "model_mpp": module.mpp,
         "status": "finished",
         "test": module.split_results("test"),
     }

@@ -20,6 +20,8 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from nucleiseg.data.io import DatasetError
+from nucleiseg.data.resolution import resample_factor, resample_split
 from nucleiseg.data.samples import SplitSamples
 from nucleiseg.data.splits import SPLITS, write_split_file
 from nucleiseg.data.stain_normalization import NormalizedImages
@@ -93,6 +95,8 @@ class NucleiDataset(Dataset):
 class NucleiDataModule(L.LightningDataModule):
     """Batches a source's train/val/test splits; augmentation on train only.
 
+    ``mpp`` is the data's µm per pixel and ``model_mpp`` the model's: when they differ,
+    every split is resampled to the model's resolution once, on load (crops are cut after).
     ``train_repeats`` draws each training image that many times per epoch (with random
     crops, a different crop each time), so short epochs on a few large images still see
     most of their area. ``stain_transform`` (``+augmentation=stain``) runs after the
@@ -112,8 +116,17 @@ class NucleiDataModule(L.LightningDataModule):
         split_output: str | None = None,
         train_repeats: int = 1,
         stain_transform: A.BasicTransform | None = None,
+        mpp: float | None = None,
+        model_mpp: float | None = None,
     ) -> None:
         super().__init__()
+        if model_mpp is not None and mpp is None:
+            raise DatasetError(
+                f"model.mpp={model_mpp} asks for the data at {model_mpp} µm per pixel, but "
+                "dataset.mpp (the data's own pixel size) is not set: set dataset.mpp=<µm per "
+                "pixel> (e.g. 0.25 at 40x, 0.5 at 20x)"
+            )
+        self.mpp, self.model_mpp = mpp, model_mpp
         self.source = source
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -154,13 +167,18 @@ class NucleiDataModule(L.LightningDataModule):
             images = images.images
         if self.stain_normalizer is not None:
             images = NormalizedImages(images, self.stain_normalizer)
-        return SplitSamples(images, samples.instances, samples.names)
+        return SplitSamples(images, samples.instances, samples.names, samples.types)
 
     def setup(self, stage: str | None = None) -> None:
         for name in STAGE_SPLITS.get(stage, SPLITS):
             if name in self.samples:
                 continue
             samples = self.source.split(name)
+            factor = resample_factor(self.mpp, self.model_mpp)
+            if factor != 1.0:
+                log.info("%s split resampled from %.3g to %.3g µm per pixel (x%.3g)",
+                         name, self.mpp, self.model_mpp, factor)  # fmt: skip
+                samples = resample_split(samples, factor)
             if len(samples) == 0:
                 raise ValueError(
                     f"the {name} split of {type(self.source).__name__} is empty; "

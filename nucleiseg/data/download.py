@@ -3,9 +3,9 @@
 TNBC comes from its Zenodo record (Naylor et al., record 1175282): the archive's official
 MD5 is read from the Zenodo API, the download resumes from a ``.part`` file, the checksum is
 verified and the archive unpacked and checked (50 image/mask pairs). Lizard's CoNIC
-release needs a licence click on the challenge site, so for it this prints where to get the
-files and where to put them. Without network access every step fails at once with a
-message saying where to put the files by hand.
+release needs a licence click on the challenge site and CoNSeP has no scripted download, so
+for them this prints where to get the files and where to put them. Without network access
+every step fails at once with a message saying where to put the files by hand.
 """
 
 from __future__ import annotations
@@ -64,6 +64,23 @@ RELEASES = {
             "https://conic-challenge.grand-challenge.org/ ; download its patch data and put "
             "images.npy, labels.npy and patch_info.csv into {dest}/conic, then train with "
             "dataset=lizard dataset.root={dest}/conic"
+        ),
+    ),
+    "consep": Release(
+        name="CoNSeP (Graham et al., HoVer-Net, Medical Image Analysis 2019), research use",
+        page="https://warwick.ac.uk/fac/cross_fac/tia/data/hovernet/",
+        api=None,
+        archive=None,
+        folder="consep",
+        manual=(
+            "CoNSeP's original (41 images of 1000x1000 px with .mat labels) is published by "
+            "the TIA Centre, University of Warwick, at "
+            "https://warwick.ac.uk/fac/cross_fac/tia/data/hovernet/ (no scripted download); "
+            "nucleiseg reads it as 256 px tiles, 16 per image, as the shared copy "
+            "../shared/data/consep holds it: {dest}/consep/{{train,test}}/{{images,masks,types}}/"
+            "<split>_<image>_<tile>.{{jpg,png}} (JPEG images, uint16 instance maps, uint8 "
+            "type maps); put the tiles there, then train with dataset=consep "
+            "dataset.root={dest}/consep"
         ),
     ),
 }

@@ -23,14 +23,28 @@ from nucleiseg.data.splits import SPLITS
 log = logging.getLogger(__name__)
 
 
+def nuclei_per_type(instances: np.ndarray, types: np.ndarray) -> dict[int, int]:
+    """How many nuclei carry each type label (a nucleus's pixels share one type)."""
+    inside = instances > 0
+    pairs = np.unique(np.stack([instances[inside], types[inside]]), axis=1)
+    labels, counts = np.unique(pairs[1], return_counts=True)
+    return {int(t): int(c) for t, c in zip(labels, counts, strict=True)}
+
+
 def summarise_split(samples: SplitSamples) -> dict[str, Any]:
     sizes: dict[str, int] = {}
     nuclei, foreground = [], []
-    for image, instances in zip(samples.images, samples.instances, strict=True):
+    per_type: dict[int, int] = {}
+    for index, (image, instances) in enumerate(zip(samples.images, samples.instances, strict=True)):
         key = f"{image.shape[1]}x{image.shape[0]}"
         sizes[key] = sizes.get(key, 0) + 1
         nuclei.append(len(np.unique(instances)) - (1 if (instances == 0).any() else 0))
         foreground.append(float((np.asarray(instances) > 0).mean()))
+        if samples.types is not None:
+            found = nuclei_per_type(np.asarray(instances), np.asarray(samples.types[index]))
+            for label, count in found.items():
+                per_type[label] = per_type.get(label, 0) + count
+    extra = {"nuclei_per_type": dict(sorted(per_type.items()))} if samples.types is not None else {}
     return {
         "images": len(samples),
         "sizes": sizes,
@@ -40,6 +54,7 @@ def summarise_split(samples: SplitSamples) -> dict[str, Any]:
             "max": int(np.max(nuclei)),
         },
         "foreground_fraction": float(np.mean(foreground)),
+        **extra,
     }
 
 
@@ -93,7 +108,12 @@ def main(cfg: DictConfig) -> None:
     summary = summarise(source)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_preview(source.split("train"), out / "preview.png")
-    print(f"dataset '{cfg.dataset.name}'\n{format_table(summary)}")
+    mpp = cfg.dataset.get("mpp")
+    size = f"{mpp} µm per pixel" if mpp else "pixel size not set (dataset.mpp)"
+    print(f"dataset '{cfg.dataset.name}' ({size})\n{format_table(summary)}")
+    for name, split in summary.items():
+        if "nuclei_per_type" in split:
+            print(f"{name}: nuclei per type label {split['nuclei_per_type']}")
     print(f"summary.json and preview.png written to {out}")
 
 

@@ -157,6 +157,18 @@ def to_instances(mask: np.ndarray, path: Path, kind: str = "auto") -> np.ndarray
     return mask.astype(np.int32)
 
 
+def to_type_map(array: np.ndarray, path: Path) -> np.ndarray:
+    """A uint8 per-pixel nucleus-type map (H, W; 0 = background) from a class-label image."""
+    if array.ndim != 2:
+        raise DatasetError(f"type map '{path}' has shape {array.shape}; expected (H, W)")
+    if array.min() < 0 or array.max() > 255:
+        raise DatasetError(
+            f"type map '{path}' holds values {array.min()}..{array.max()}; expected class "
+            "labels 0..255 (0 = background)"
+        )
+    return array.astype(np.uint8)
+
+
 def check_pair(image: np.ndarray, instances: np.ndarray, image_path: Path, mask_path: Path) -> None:
     if image.shape[:2] != instances.shape:
         raise DatasetError(

@@ -123,4 +123,5 @@ class LizardDataset:
             images=ArrayView(self.images, indices),
             instances=ArrayView(self.labels, indices, channel=0),
             names=[self.names[i] for i in indices],
+            types=ArrayView(self.labels, indices, channel=1),  # CoNIC's class map
         )

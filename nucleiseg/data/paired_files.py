@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from nucleiseg.data.io import DatasetError, check_pair, read_array, to_instances, to_rgb
+from nucleiseg.data.io import (
+    DatasetError,
+    check_pair,
+    read_array,
+    to_instances,
+    to_rgb,
+    to_type_map,
+)
 from nucleiseg.data.samples import SplitSamples
 from nucleiseg.data.splits import SPLITS, assign_splits
 
@@ -28,6 +35,7 @@ class Pair:
     image: Path
     mask: Path
     group: str
+    types: Path | None = None  # a per-pixel nucleus-type map, where the dataset has one
 
 
 class LazyPairs(Sequence):
@@ -40,8 +48,7 @@ class LazyPairs(Sequence):
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        image, instances = self.load(self.pairs[index])
-        return image if self.part == "image" else instances
+        return self.load(self.pairs[index])[("image", "instances", "types").index(self.part)]
 
 
 class PairedFilesSource:
@@ -81,11 +88,16 @@ class PairedFilesSource:
             )  # fmt: skip
         return self._assignment
 
-    def load_pair(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+    def load_pair(self, pair: Pair) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Image, instance map and (where the pair has one) type map, checked."""
         image = to_rgb(read_array(pair.image), pair.image, warn=self.warn_color)
         instances = to_instances(read_array(pair.mask), pair.mask, self.mask_kind)
         check_pair(image, instances, pair.image, pair.mask)
-        return image, instances
+        types = None
+        if pair.types is not None:
+            types = to_type_map(read_array(pair.types), pair.types)
+            check_pair(image, types, pair.image, pair.types)
+        return image, instances, types
 
     def split(self, name: str) -> SplitSamples:
         if name not in SPLITS:
@@ -97,16 +109,20 @@ class PairedFilesSource:
                 f"the {name} split is empty ({len(self.pairs)} items in all); "
                 "check split_sizes or the split file"
             )
-        images, instances = [], []
+        with_types = all(p.types is not None for p in pairs)
+        images, instances, types = [], [], []
         progress = tqdm(pairs, desc=f"checking {name} split", disable=len(pairs) < 100)
         for pair in progress:  # decode everything once: bad files fail before training
-            image, inst = self.load_pair(pair)
+            image, inst, type_map = self.load_pair(pair)
             if self.cache:
                 images.append(image)
                 instances.append(inst)
+                types.append(type_map)
         if not self.cache:
-            images, instances = (
-                LazyPairs(pairs, "image", self.load_pair),
-                LazyPairs(pairs, "instances", self.load_pair),
+            images, instances, types = (
+                LazyPairs(pairs, part, self.load_pair) for part in ("image", "instances", "types")
             )
-        return SplitSamples(images=images, instances=instances, names=[p.name for p in pairs])
+        return SplitSamples(
+            images=images, instances=instances, names=[p.name for p in pairs],
+            types=types if with_types else None,
+        )  # fmt: skip

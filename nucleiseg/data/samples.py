@@ -10,20 +10,28 @@ import numpy as np
 
 @dataclass
 class SplitSamples:
-    """One split: RGB uint8 images (H, W, 3), int instance maps (H, W; 0 = background), names.
+    """One split: RGB uint8 images (H, W, 3), int instance maps (H, W; 0 = background), names,
+    and, where the dataset has them, per-pixel nucleus-type maps (H, W; 0 = background).
 
     ``images`` and ``instances`` may be lists or memory-mapped arrays: only indexing is used.
+    ``types`` are kept with the samples for later use; nothing trains on them yet.
     """
 
     images: Sequence[np.ndarray]
     instances: Sequence[np.ndarray]
     names: list[str]
+    types: Sequence[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if not len(self.images) == len(self.instances) == len(self.names):
             raise ValueError(
                 f"split has {len(self.images)} images, {len(self.instances)} masks and "
                 f"{len(self.names)} names; they must pair one to one"
+            )
+        if self.types is not None and len(self.types) != len(self.names):
+            raise ValueError(
+                f"split has {len(self.names)} images but {len(self.types)} type maps; "
+                "they must pair one to one"
             )
 
     def __len__(self) -> int:

@@ -18,4 +18,9 @@ class WholeDataset:
             images=[im for p in parts for im in p.images],
             instances=[inst for p in parts for inst in p.instances],
             names=[n for p in parts for n in p.names],
+            types=(
+                [t for p in parts for t in p.types]
+                if all(p.types is not None for p in parts)
+                else None
+            ),
         )

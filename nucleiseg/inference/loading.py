@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -10,7 +11,8 @@ from nucleiseg.lightning.base import SegmentationModule
 from nucleiseg.training.builders import build_modules
 from nucleiseg.training.checkpoints import CheckpointError, read_checkpoint, stored_model_config
 
-__all__ = ["CheckpointError", "load_model"]
+__all__ = ["CheckpointError", "apply_input_mpp", "load_model"]
+log = logging.getLogger(__name__)
 
 
 def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[SegmentationModule, str]:
@@ -34,4 +36,37 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[Segmentatio
             f"checkpoint '{path}' weights do not fit its stored model config ({first})"
         ) from err
     module.phase = str(cfg.get("phase", "predict"))
+    if module.mpp is None:
+        log.warning(
+            "checkpoint '%s' stores no pixel size (written before model.mpp was stored): "
+            "inputs are fed to it at their own resolution, not resampled; make sure they are "
+            "at the resolution it was trained at", path,
+        )  # fmt: skip
     return module.to(device).eval(), "two_stage" if two_stage else "stage1"
+
+
+def apply_input_mpp(module: SegmentationModule, input_mpp: float | None) -> float | None:
+    """Tell ``module`` the µm per pixel of its inputs (resampled to the model's and back);
+    returns the input pixel size used. None assumes the model's own, with a warning."""
+    if input_mpp is None:
+        if module.mpp is not None:
+            log.warning(
+                "input_mpp not given: the inputs are assumed to be at the model's %.3g µm per "
+                "pixel; set input_mpp=<µm per pixel> if they are not (0.25 at 40x, 0.5 at 20x)",
+                module.mpp,
+            )
+        module.set_input_mpp(None)
+        return module.mpp
+    input_mpp = float(input_mpp)
+    if module.mpp is None:
+        log.warning(
+            "input_mpp=%.3g given, but the checkpoint stores no pixel size: inputs are not "
+            "resampled", input_mpp,
+        )  # fmt: skip
+    elif module.input_pixels_per_model_pixel == 1.0:
+        pass
+    else:
+        log.info("inputs at %.3g µm per pixel are resampled to the model's %.3g and back",
+                 input_mpp, module.mpp)  # fmt: skip
+    module.set_input_mpp(input_mpp)
+    return input_mpp

@@ -48,12 +48,16 @@ def validation_probabilities(module, output: str, datamodule) -> tuple[list, lis
     return probs, truths
 
 
-def score(settings: dict[str, Any], probs: list, truths: list) -> dict[str, float]:
+def score(
+    settings: dict[str, Any], probs: list, truths: list, factor: float = 1.0
+) -> dict[str, float]:
+    """Nucleus metrics of ``settings`` (in model pixels; the maps have ``factor`` pixels per
+    model pixel)."""
     from nucleiseg.metrics.objects import NucleusMetrics
     from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_probability
 
     metric = NucleusMetrics()
-    instance_settings = InstanceSettings(**settings)
+    instance_settings = InstanceSettings(**settings).scaled(factor)
     for prob, truth in zip(probs, truths, strict=True):
         metric.update(instances_from_probability(prob, instance_settings), truth)
     values = {k: float(v) for k, v in metric.compute().items()}
@@ -61,18 +65,21 @@ def score(settings: dict[str, Any], probs: list, truths: list) -> dict[str, floa
     return values
 
 
-def tune(probs: list, truths: list, grid: dict[str, Any], base: dict[str, Any]) -> dict:
-    """Every candidate's validation scores, and the chosen settings.
+def tune(
+    probs: list, truths: list, grid: dict[str, Any], base: dict[str, Any], factor: float = 1.0
+) -> dict:
+    """Every candidate's validation scores, and the chosen settings (in model pixels; the
+    maps have ``factor`` pixels per model pixel).
 
     ``chosen_on_true_masks`` scores the chosen settings on the true masks themselves (the
     binary union of each true instance map as the "probability"): what the post-processing
     alone loses, so the rest of ``chosen_scores``' error is the model's.
     """
-    table = [{"settings": c, **score(c, probs, truths)} for c in candidates(grid, base)]
+    table = [{"settings": c, **score(c, probs, truths, factor)} for c in candidates(grid, base)]
     best = min(table, key=lambda r: (round(r["relative_abs_count_error"], 4), -r["aji"]))
     true_masks = [(np.asarray(t) > 0).astype(np.float32) for t in truths]
     return {"chosen": best["settings"], "chosen_scores": best,
-            "chosen_on_true_masks": score(best["settings"], true_masks, truths),
+            "chosen_on_true_masks": score(best["settings"], true_masks, truths, factor),
             "candidates": table}  # fmt: skip
 
 
@@ -99,17 +106,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from nucleiseg.files.atomic import write_json_atomic
-    from nucleiseg.inference.loading import load_model
+    from nucleiseg.inference.loading import apply_input_mpp, load_model
 
     checkpoint = Path(cfg.ckpt)
     module, output = load_model(checkpoint)
-    datamodule = instantiate(cfg.dataset.datamodule, split_output=None)
+    input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
+    # at the data's own grid, as evaluate scores: the module resamples to the model's and back
+    datamodule = instantiate(cfg.dataset.datamodule, split_output=None, model_mpp=None)
     datamodule.set_stain_normalizer(module.stain_normalizer)  # as the model was trained
     datamodule.setup("validate")
     probs, truths = validation_probabilities(module, output, datamodule)
     base = OmegaConf.to_container(cfg.postprocess, resolve=True)
-    result = tune(probs, truths, OmegaConf.to_container(cfg.grid, resolve=True), base)
+    grid = OmegaConf.to_container(cfg.grid, resolve=True)
+    result = tune(probs, truths, grid, base, module.input_pixels_per_model_pixel)
     result["checkpoint"] = str(checkpoint)
+    result["input_mpp"], result["model_mpp"] = input_mpp, module.mpp
     target = Path(cfg.tuned_ckpt) if cfg.get("tuned_ckpt") else None
     result["tuned_checkpoint"] = str(write_tuned_checkpoint(checkpoint, result["chosen"], target))
     out_dir = Path(cfg.paths.output_dir)

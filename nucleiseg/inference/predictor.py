@@ -93,25 +93,28 @@ def check_outputs(stems: dict[Path, Path], overwrite: bool = False) -> None:
             )
 
 
-def _write_csv(instances: np.ndarray, prob: np.ndarray, path: Path) -> None:
+def _csv_value(key: str, value: float) -> int | float | str:
+    if key == "area_um2":
+        return "" if np.isnan(value) else round(value, 3)
+    if key == "mean_probability" or key.startswith("centroid"):
+        return round(value, 4)
+    return int(value)
+
+
+def _write_csv(instances: np.ndarray, prob: np.ndarray, path: Path, mpp: float | None) -> None:
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=NUCLEUS_COLUMNS)
         writer.writeheader()
-        for row in describe_nuclei(instances, prob):
-            writer.writerow(
-                {
-                    k: int(v) if k != "mean_probability" and k[:8] != "centroid" else round(v, 4)
-                    for k, v in row.items()
-                }
-            )
+        for row in describe_nuclei(instances, prob, mpp):
+            writer.writerow({k: _csv_value(k, v) for k, v in row.items()})
 
 
 def save_outputs(
     stem: Path, image: np.ndarray, prob: np.ndarray, instances: np.ndarray,
-    threshold: float, save_probability: bool = False,
+    threshold: float, save_probability: bool = False, mpp: float | None = None,
 ) -> list[Path]:  # fmt: skip
-    """Binary mask PNG, 16-bit instance PNG (TIFF past 65535 nuclei), overlay PNG, CSV;
-    each written to a temporary file and renamed."""
+    """Binary mask PNG, 16-bit instance PNG (TIFF past 65535 nuclei), overlay PNG, CSV
+    (areas in µm² at ``mpp``); each written to a temporary file and renamed."""
     out = stem.parent / stem.name
     mask = Image.fromarray(((prob >= threshold) * 255).astype(np.uint8))
     paths = [write_atomic(Path(f"{out}_mask.png"), lambda p: mask.save(p, format="PNG"))]
@@ -135,7 +138,9 @@ def save_outputs(
     paths.append(
         write_atomic(Path(f"{out}_overlay.png"), lambda p: overlay_image.save(p, format="PNG"))
     )
-    paths.append(write_atomic(Path(f"{out}_nuclei.csv"), lambda p: _write_csv(instances, prob, p)))
+    paths.append(
+        write_atomic(Path(f"{out}_nuclei.csv"), lambda p: _write_csv(instances, prob, p, mpp))
+    )
     if save_probability:
 
         def save_npy(p: Path) -> None:
@@ -161,11 +166,13 @@ def predict_files(
     overwrite: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     normalize: Callable[[np.ndarray], np.ndarray] | None = None,
+    mpp: float | None = None,
 ) -> PredictionReport:
     """Predict every input; a file that fails (unreadable, too large, out of memory) is
-    reported and skipped, the rest go on. Nothing is written where inputs live, and no
-    earlier output is replaced without ``overwrite``. ``normalize`` (the checkpoint's stain
-    normalisation) is applied to each whole image before tiling; overlays show the input."""
+        reported and skipped, the rest go on. Nothing is written where inputs live, and no
+        earlier output is replaced without ``overwrite``. ``mpp`` is the inputs' µm per pixel (for
+    the CSV's areas in µm²). ``normalize`` (the checkpoint's stain
+        normalisation) is applied to each whole image before tiling; overlays show the input."""
     stems = output_stems(inputs, out_dir)
     check_outputs(stems, overwrite)
     if tta:
@@ -181,7 +188,7 @@ def predict_files(
             )  # fmt: skip
             instances = instances_from_probability(prob, settings)
             report.written += save_outputs(
-                stems[path], image, prob, instances, settings.threshold, save_probability
+                stems[path], image, prob, instances, settings.threshold, save_probability, mpp
             )
         except (DatasetError, MemoryError, RuntimeError, OSError) as err:
             message = f"{type(err).__name__}: {err}".strip()

@@ -25,6 +25,7 @@ from nucleiseg.lightning.phases import Phase
 from nucleiseg.metrics.objects import MissedNuclei, NucleusMetrics
 from nucleiseg.metrics.per_image import PerImageScores
 from nucleiseg.metrics.pixel import pixel_metrics, summarise
+from nucleiseg.models.resampling import resample_batch, scaled_size
 from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_probability
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -69,6 +70,10 @@ class SegmentationModule(L.LightningModule):
         self.model_config: dict[str, Any] | None = None
         # whole-image stain normalisation the model was trained with (set by build_modules)
         self.stain_normalizer: Callable[[np.ndarray], np.ndarray] | None = None
+        # µm per pixel the networks were trained at (set by build_modules; None: unknown)
+        self.mpp: float | None = None
+        # µm per pixel of what evaluation and inference feed in (set_input_mpp)
+        self.input_mpp: float | None = None
         self.metrics = nn.ModuleDict(
             {
                 f"{split}_{output}": pixel_metrics(threshold)
@@ -123,13 +128,46 @@ class SegmentationModule(L.LightningModule):
                 self.parts[name].eval()
         return self
 
+    # -- the input's pixel grid -----------------------------------------------------------
+    def set_input_mpp(self, input_mpp: float | None) -> None:
+        """Evaluation and inference inputs are at ``input_mpp`` µm per pixel: they are
+        resampled to the model's ``mpp`` and the outputs back to the input's grid, and the
+        post-processing's pixel settings converted (None: inputs at the model's own)."""
+        if input_mpp is not None and not input_mpp > 0:
+            raise ValueError(f"input_mpp must be a positive µm per pixel, got {input_mpp}")
+        self.input_mpp = input_mpp
+
+    @property
+    def input_pixels_per_model_pixel(self) -> float:
+        """The side of one model pixel in input pixels (1.0 when either size is unknown)."""
+        if self.mpp is None or self.input_mpp is None:
+            return 1.0
+        factor = float(self.mpp) / float(self.input_mpp)
+        return 1.0 if abs(factor - 1.0) < 1e-3 else factor
+
+    def input_settings(self, settings: InstanceSettings | None = None) -> InstanceSettings:
+        """Post-processing settings (chosen at the model's grid) in the input's pixels."""
+        return (settings or self.instance_settings).scaled(self.input_pixels_per_model_pixel)
+
+    def _outputs_at_input_grid(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits at the input's grid: the input resampled to the model's and back."""
+        factor = self.input_pixels_per_model_pixel
+        if factor == 1.0:
+            return self.compute_outputs(image)[0]
+        size = tuple(image.shape[-2:])
+        logits = self.compute_outputs(resample_batch(image, scaled_size(size, 1 / factor)))[0]
+        return {name: resample_batch(value, size) for name, value in logits.items()}
+
     # -- training -------------------------------------------------------------------------
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.compute_outputs(image)[0]
+        return self._outputs_at_input_grid(image)
 
     def _shared_step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
         image, target = batch["image"], batch["mask"]
-        logits, extra_loss = self.compute_outputs(image, target if split == "train" else None)
+        if split == "train":
+            logits, extra_loss = self.compute_outputs(image, target)
+        else:
+            logits, extra_loss = self._outputs_at_input_grid(image), 0.0
         loss = self.loss(logits, target) + extra_loss
         self.log(
             f"{self.phase}/{split}/loss",
@@ -153,13 +191,11 @@ class SegmentationModule(L.LightningModule):
         """Nucleus-level metrics (watershed instances of each output) and per-image scores."""
         true = batch["instances"]
         predicted = {}
+        settings = self.input_settings()
         for output, value in logits.items():
             prob = torch.sigmoid(value)
             predicted[output] = np.stack(
-                [
-                    instances_from_probability(p, self.instance_settings)
-                    for p in prob[:, 0].float().cpu().numpy()
-                ]
+                [instances_from_probability(p, settings) for p in prob[:, 0].float().cpu().numpy()]
             )
             self.object_metrics[output].update(predicted[output], true)
             self.per_image[output].update(

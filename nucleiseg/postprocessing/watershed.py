@@ -9,7 +9,7 @@ flat ridge is not over-split).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -33,6 +33,19 @@ class InstanceSettings:
             raise ValueError(
                 f"postprocess.markers must be 'peaks' or 'h_maxima', not '{self.markers}'"
             )
+
+    def scaled(self, factor: float) -> InstanceSettings:
+        """The same settings for a grid whose pixels are ``1 / factor`` times as large
+        (``factor`` pixels of it per pixel these settings were chosen at): distances scale
+        by ``factor``, areas by its square."""
+        if factor == 1.0:
+            return self
+        return replace(
+            self,
+            min_distance=max(1, round(self.min_distance * factor)),
+            min_size=max(0, round(self.min_size * factor**2)),
+            h=self.h * factor,
+        )
 
 
 def instances_from_mask(mask: np.ndarray, settings: InstanceSettings | None = None) -> np.ndarray:
@@ -78,11 +91,15 @@ def instances_from_probability(
 NUCLEUS_COLUMNS = (
     "id", "centroid_y", "centroid_x", "area",
     "bbox_min_row", "bbox_min_col", "bbox_max_row", "bbox_max_col", "mean_probability",
+    "area_um2",
 )  # fmt: skip
 
 
-def describe_nuclei(instances: np.ndarray, prob: np.ndarray) -> list[dict[str, float]]:
-    """One row per nucleus: id, centroid, area, bounding box, mean probability."""
+def describe_nuclei(
+    instances: np.ndarray, prob: np.ndarray, mpp: float | None = None
+) -> list[dict[str, float]]:
+    """One row per nucleus: id, centroid, area (pixels, and µm² at ``mpp`` µm per pixel;
+    NaN when the pixel size is unknown), bounding box, mean probability."""
     if instances.max() == 0:
         return []
     table = regionprops_table(
@@ -96,4 +113,7 @@ def describe_nuclei(instances: np.ndarray, prob: np.ndarray) -> list[dict[str, f
         "bbox-3": "bbox_max_col", "intensity_mean": "mean_probability",
     }  # fmt: skip
     count = len(table["label"])
-    return [{names[k]: float(v[i]) for k, v in table.items()} for i in range(count)]
+    rows = [{names[k]: float(v[i]) for k, v in table.items()} for i in range(count)]
+    for row in rows:
+        row["area_um2"] = row["area"] * mpp**2 if mpp else float("nan")
+    return rows

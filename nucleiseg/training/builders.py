@@ -15,6 +15,19 @@ from nucleiseg.lightning.base import SegmentationModule
 MODEL_CONFIG_KEYS = ("backbone", "model", "postprocess", "stain_normalization")
 
 
+def stored_sections(cfg: DictConfig) -> dict[str, Any]:
+    """``MODEL_CONFIG_KEYS`` of ``cfg`` as plain values, resolved against the whole config
+    (``model.mpp`` reads ``dataset.mpp``), as a checkpoint stores them."""
+    sections = {}
+    for key in MODEL_CONFIG_KEYS:
+        if key in cfg:
+            node = cfg[key]
+            sections[key] = (
+                OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+            )
+    return sections
+
+
 def build_modules(cfg: DictConfig) -> dict[str, SegmentationModule]:
     """Stage 1 and the two-stage module, sharing one stage-1 network."""
     stage1 = instantiate(cfg.backbone.net)
@@ -28,14 +41,13 @@ def build_modules(cfg: DictConfig) -> dict[str, SegmentationModule]:
             cfg.model.two_stage_module, stage1=stage1, enhancer=enhancer, **shared
         ),
     }
-    model_config = OmegaConf.to_container(
-        OmegaConf.masked_copy(cfg, list(MODEL_CONFIG_KEYS)), resolve=True
-    )
+    model_config = stored_sections(cfg)
     stain = cfg.get("stain_normalization")
     normalizer = normalizer_from_config(stain) if is_fitted(stain) else None
     for module in modules.values():
         module.model_config = model_config
         module.stain_normalizer = normalizer
+        module.mpp = model_config.get("model", {}).get("mpp")
     if cfg.get("channels_last"):
         for module in modules.values():
             module.to(memory_format=torch.channels_last)

@@ -59,6 +59,13 @@ def test_lizard_download_explains_the_licence_step(tmp_path, capsys):
     assert "images.npy, labels.npy" in capsys.readouterr().err
 
 
+def test_consep_download_says_where_it_is_published_and_that_the_copy_is_tiles(tmp_path, capsys):
+    assert main(["consep", "--dest", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "warwick.ac.uk" in err and "256 px tiles" in err
+    assert f"{tmp_path}/consep/{{train,test}}/{{images,masks,types}}" in err
+
+
 def test_a_mirror_url_without_md5_is_refused_unless_no_verify(tnbc_zip, tmp_path, capsys):
     archive, _ = tnbc_zip
     assert main(["tnbc", "--dest", str(tmp_path), "--url", archive.as_uri()]) == 2

@@ -31,3 +31,23 @@ def test_tnbc_summary_and_preview(tnbc_root, tmp_path):
     rgb = preview.astype(int)
     green = (rgb[..., 1] > rgb[..., 0] + 80) & (rgb[..., 1] > rgb[..., 2] + 80)
     assert green.sum() > 500  # nuclei outlined in green
+
+
+def test_consep_inspect_counts_nuclei_per_type(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, shared_dataset
+
+    root = shared_dataset("consep")
+    command = [sys.executable, "-m", "nucleiseg.data.inspect", "dataset=consep",
+               f"dataset.root={root}", f"paths.output_dir={tmp_path}"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "dataset 'consep' (0.25 µm per pixel)" in done.stdout
+    import json
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [summary[s]["images"] for s in ("train", "val", "test")] == [352, 80, 224]
+    per_type = summary["test"]["nuclei_per_type"]
+    assert set(per_type) == {"1", "2", "3", "4"} and sum(per_type.values()) > 1000

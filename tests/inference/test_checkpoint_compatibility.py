@@ -5,6 +5,7 @@ carry names the modules of that time (tests/fixtures/pre_layout_checkpoint_confi
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import torch
@@ -28,16 +29,20 @@ def stored_targets(config) -> set[str]:
     return set()
 
 
-def test_a_checkpoint_from_the_flat_layout_loads_and_predicts(tmp_path):
+def test_a_checkpoint_from_the_flat_layout_loads_and_predicts(tmp_path, caplog):
     stored = json.loads(FIXTURE.read_text())
     assert "nucleiseg.lightning.TwoStageModule" in stored_targets(stored)  # what it names
     weights = build_modules(OmegaConf.create(stored))["two_stage"].state_dict()
     checkpoint = tmp_path / "pre_layout.ckpt"
     torch.save({"state_dict": weights, "nucleiseg": stored, "epoch": 1}, checkpoint)
 
-    module, output = load_model(checkpoint)
+    with caplog.at_level(logging.WARNING, logger="nucleiseg.inference.loading"):
+        module, output = load_model(checkpoint)
 
     assert output == "two_stage" and module.phase == "finetune"
+    # written before checkpoints stored model.mpp: loads, fed at the input's own resolution
+    assert "stores no pixel size" in caplog.text and module.mpp is None
+    assert module.input_pixels_per_model_pixel == 1.0
     for name, tensor in module.state_dict().items():
         assert torch.equal(tensor, weights[name]), name
     image = torch.from_numpy(np.random.default_rng(0).random((1, 3, 48, 40), dtype=np.float32))

@@ -131,6 +131,7 @@ def test_predict_command_writes_outputs_and_reports_bad_files(smoke_run, tmp_pat
         sys.executable, "-m", "nucleiseg.predict",
         f"ckpt={run_dir / 'checkpoints' / 'finetune' / 'best.ckpt'}",
         f"input={inputs}", f"output={out}", "tiling.tile=128", "tiling.overlap=32",
+        "input_mpp=1.0",  # twice the model's 0.5: upsampled for it, outputs at the input's size
     ]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr[-2000:]  # one input failed
@@ -140,7 +141,7 @@ def test_predict_command_writes_outputs_and_reports_bad_files(smoke_run, tmp_pat
     instances = Image.open(out / "tile_a_instances.png")
     assert instances.mode.startswith("I") and instances.size == (170, 150)
     header = next(csv.reader((out / "tile_a_nuclei.csv").open()))
-    assert header[:4] == ["id", "centroid_y", "centroid_x", "area"]
+    assert header[:4] == ["id", "centroid_y", "centroid_x", "area"] and "area_um2" in header
     assert (out / "tile_a_overlay.png").is_file()
 
 

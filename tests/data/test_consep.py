@@ -1,0 +1,129 @@
+"""CoNSeP, read in place from ../shared/data/consep: every tile, the official split by
+source image, instance and type maps that reach the metrics."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from hydra.utils import instantiate
+from PIL import Image
+
+from nucleiseg.data.consep import CoNSePDataset, find_consep_pairs
+from nucleiseg.data.io import DatasetError
+from nucleiseg.metrics.objects import NucleusMetrics
+
+from conftest import compose_config, reference_pq_aji, shared_dataset
+
+
+@pytest.fixture(scope="module")
+def consep_root():
+    return shared_dataset("consep")
+
+
+@pytest.fixture(scope="module")
+def consep(consep_root) -> CoNSePDataset:
+    return CoNSePDataset(str(consep_root))
+
+
+def source_images(names) -> set[str]:
+    return {name.rsplit("_", 1)[0] for name in names}
+
+
+def test_every_tile_of_the_shared_copy_is_read_with_its_instances_and_types(consep):
+    splits = {name: consep.split(name) for name in ("train", "val", "test")}
+    assert sum(len(s) for s in splits.values()) == 656
+    assert len(splits["test"]) == 14 * 16
+    labels = 0
+    for samples in splits.values():
+        assert samples.types is not None and len(samples.types) == len(samples)
+        for image, instances, types in zip(
+            samples.images, samples.instances, samples.types, strict=True
+        ):
+            assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+            assert instances.shape == types.shape == (256, 256)
+            assert set(np.unique(types).tolist()) <= {0, 1, 2, 3, 4}
+            assert ((types > 0) == (instances > 0)).all()  # every nucleus pixel has a type
+            labels += len(np.unique(instances)) - 1
+    assert labels == 28546  # as SOURCE.txt counts them
+
+
+def test_no_source_image_is_in_two_splits(consep):
+    images = {name: source_images(consep.split(name).names) for name in ("train", "val", "test")}
+    assert not images["train"] & images["val"]
+    assert not (images["train"] | images["val"]) & images["test"]
+    assert (len(images["train"]), len(images["val"]), len(images["test"])) == (22, 5, 14)
+    assert all(name.startswith("test_") for name in images["test"])  # the official test split
+    counts = Counter(consep.assignment()[n] for n in consep.assignment())
+    assert counts == {"train": 22 * 16, "val": 5 * 16, "test": 14 * 16}
+
+
+def test_the_validation_images_follow_the_split_seed(consep_root, consep):
+    other = CoNSePDataset(str(consep_root), seed=1)
+    val = source_images(consep.split("val").names)
+    assert source_images(CoNSePDataset(str(consep_root)).split("val").names) == val
+    assert source_images(other.split("val").names) != val
+
+
+def test_dataset_consep_config_builds_the_datamodule_at_native_resolution(consep_root, tmp_path):
+    cfg = compose_config(["dataset=consep", f"dataset.root={consep_root}"], tmp_path)
+    assert cfg.dataset.mpp == cfg.model.mpp == 0.25
+    datamodule = instantiate(cfg.dataset.datamodule, split_output=None, num_workers=0)
+    datamodule.setup("test")
+    batch = next(iter(datamodule.test_dataloader()))
+    assert batch["image"].shape[-2:] == (256, 256)
+
+
+def test_instance_masks_reach_the_metrics(consep_root, tmp_path):
+    """AJI of a tile scored through the test loader equals the published definition
+    computed here on the label map read from its file."""
+    from scipy.ndimage import binary_erosion
+
+    cfg = compose_config(["dataset=consep", f"dataset.root={consep_root}"], tmp_path)
+    datamodule = instantiate(
+        cfg.dataset.datamodule, split_output=None, num_workers=0, eval_batch_size=1
+    )
+    datamodule.setup("test")
+    batch = next(iter(datamodule.test_dataloader()))
+    name = datamodule.samples["test"].names[int(batch["index"][0])]
+    truth = np.asarray(Image.open(consep_root / "test" / "masks" / f"{name}.png")).astype(np.int32)
+    assert (batch["instances"][0].numpy() == truth).all()  # ids as stored, not re-labelled
+    # a prediction: every nucleus eroded, two neighbours merged
+    pred = np.where(binary_erosion(truth > 0), truth, 0)
+    ids = [i for i in np.unique(truth) if i][:2]
+    pred[pred == ids[1]] = ids[0]
+    metric = NucleusMetrics()
+    metric.update(pred[None], batch["instances"])
+    _, aji = reference_pq_aji(pred, truth)
+    assert float(metric.compute()["aji"]) == pytest.approx(aji)
+    assert 0.3 < aji < 1.0
+
+
+def test_a_tile_not_named_for_its_source_image_is_refused(consep_root, tmp_path):
+    for part in ("images", "masks", "types"):
+        (tmp_path / "train" / part).mkdir(parents=True)
+        (tmp_path / "test" / part).mkdir(parents=True)
+    stem = "train_1_000"
+    for part, suffix in (("images", "jpg"), ("masks", "png"), ("types", "png")):
+        source = consep_root / "train" / part / f"{stem}.{suffix}"
+        (tmp_path / "train" / part / f"tile.{suffix}").write_bytes(source.read_bytes())
+    with pytest.raises(DatasetError, match="not named train_<image>_<tile>"):
+        find_consep_pairs(tmp_path)
+
+
+def test_a_missing_type_map_names_the_file(consep_root, tmp_path):
+    for part in ("images", "masks", "types"):
+        (tmp_path / "train" / part).mkdir(parents=True)
+        (tmp_path / "test" / part).mkdir(parents=True)
+    stem = "train_1_000"
+    for part, suffix in (("images", "jpg"), ("masks", "png")):
+        source = consep_root / "train" / part / f"{stem}.{suffix}"
+        (tmp_path / "train" / part / f"{stem}.{suffix}").write_bytes(source.read_bytes())
+    with pytest.raises(DatasetError, match=r"types/train_1_000\.png"):
+        find_consep_pairs(tmp_path)
+
+
+def test_a_missing_root_says_where_to_get_it(tmp_path):
+    with pytest.raises(DatasetError, match="nucleiseg.data.download consep"):
+        CoNSePDataset(str(tmp_path / "nowhere"))

@@ -1,8 +1,11 @@
 """Entry point: ``python -m nucleiseg.predict ckpt=... input=... output=... [tta=true]``.
 
-Tiled inference of a trained checkpoint on any image size; per image a binary mask, a
-16-bit instance map, an overlay and a CSV of nuclei (areas also in µm²), all at the input's
-own size: inputs at ``input_mpp`` are resampled to the model's pixel size and back.
+Flat images (PNG/TIFF/JPEG, any size): tiled inference; per image a binary mask, a 16-bit
+instance map, an overlay and a CSV of nuclei (areas also in µm²), all at the input's own
+size: inputs at ``input_mpp`` are resampled to the model's pixel size and back.
+Whole slides (.svs, .ndpi, pyramidal TIFF, ...): read at the model's pixel size from the
+slide's own µm per pixel (``input_mpp`` overrides it), tissue tiles only, nuclei as QuPath
+detections in ``<slide>.geojson``, a CSV, a tissue mask and an overlay; resumable.
 Unreadable inputs are reported and skipped; the exit status is 1 when any input failed.
 """
 
@@ -20,34 +23,52 @@ def main(cfg: DictConfig) -> None:
     from pathlib import Path
 
     from nucleiseg.inference.loading import apply_input_mpp, load_model
-    from nucleiseg.inference.predictor import expand_inputs, predict_files
-    from nucleiseg.inference.tiling import module_predictor
+    from nucleiseg.inference.precision import choose_precision
+    from nucleiseg.inference.predictor import expand_inputs, output_stems, predict_files
+    from nucleiseg.inference.tiling import dihedral_tta, module_predictor
     from nucleiseg.postprocessing.watershed import InstanceSettings
+    from nucleiseg.wsi.batch import predict_slide_files
+    from nucleiseg.wsi.slide import is_slide
 
     log = logging.getLogger("nucleiseg.predict")
     module, output = load_model(cfg.ckpt, cfg.device)
-    input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
-    settings = module.input_settings(  # chosen at the model's grid, applied at the input's
+    predict, precision = choose_precision(module_predictor(module, output), cfg.precision,
+                                          cfg.device)  # fmt: skip
+    chosen = (
         InstanceSettings(**OmegaConf.to_container(cfg.postprocess)) if cfg.postprocess else None
     )
-    report = predict_files(
-        module_predictor(module, output),
-        expand_inputs(str(cfg.input)),
-        Path(cfg.output),
-        settings,
-        tta=cfg.tta,
-        device=cfg.device,
-        save_probability=cfg.save_probability,
-        overwrite=cfg.overwrite,
-        max_pixels=int(cfg.max_pixels),
-        normalize=module.stain_normalizer,
-        mpp=input_mpp,
-        **cfg.tiling,
-    )
-    log.info("%d files written to %s", len(report.written), cfg.output)
-    if report.failed:
-        summary = "\n".join(f"  {path}: {reason}" for path, reason in report.failed)
-        log.error("%d input(s) failed:\n%s", len(report.failed), summary)
+    inputs = expand_inputs(str(cfg.input))
+    slides = [p for p in inputs if is_slide(p)]
+    images = [p for p in inputs if p not in slides]
+    failed, written = [], 0
+    if images:
+        input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
+        report = predict_files(
+            predict, images, Path(cfg.output), module.input_settings(chosen), tta=cfg.tta,
+            device=cfg.device, save_probability=cfg.save_probability, overwrite=cfg.overwrite,
+            max_pixels=int(cfg.max_pixels), normalize=module.stain_normalizer, mpp=input_mpp,
+            **cfg.tiling,
+        )  # fmt: skip
+        failed, written = report.failed, len(report.written)
+    if slides:
+        module.set_input_mpp(None)  # slides are read at the model's pixel size already
+        settings = chosen or module.instance_settings
+        run_settings = {"ckpt": str(Path(cfg.ckpt).resolve()), "tta": cfg.tta,
+                        "tiling": OmegaConf.to_container(cfg.tiling),
+                        "postprocess": vars(settings), "precision": precision}  # fmt: skip
+        report = predict_slide_files(
+            slides, output_stems(slides, Path(cfg.output)),
+            dihedral_tta(predict) if cfg.tta else predict, module.mpp, settings, run_settings,
+            input_mpp=cfg.get("input_mpp"), tile=cfg.tiling.tile, margin=cfg.tiling.overlap,
+            batch_size=cfg.tiling.batch_size, overwrite=cfg.overwrite,
+            normalize=module.stain_normalizer, **cfg.slide,
+        )  # fmt: skip
+        failed += report.failed
+        written += sum(len(r.outputs) for r in report.results)
+    log.info("%d files written to %s (%s precision)", written, cfg.output, precision)
+    if failed:
+        summary = "\n".join(f"  {path}: {reason}" for path, reason in failed)
+        log.error("%d input(s) failed:\n%s", len(failed), summary)
         sys.exit(1)
 
 

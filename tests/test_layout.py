@@ -22,6 +22,7 @@ ALLOWED = {
     "inference": {
         "files", "data", "models", "metrics", "postprocessing", "viz", "lightning", "training",
     },
+    "wsi": {"files", "data", "postprocessing"},
     "analysis": {"files", "viz"},
 }  # fmt: skip
 ENTRY_POINTS = {"train", "predict", "evaluate", "export", "tune_postprocess", "report", "study"}

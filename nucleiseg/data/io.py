@@ -11,6 +11,8 @@ from PIL import Image, UnidentifiedImageError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".jpg", ".jpeg", ".bmp")
+#: whole-slide formats (read by nucleiseg.wsi); a pyramidal .tif/.tiff is a slide too
+SLIDE_SUFFIXES = (".svs", ".ndpi", ".scn", ".mrxs", ".vms", ".vmu", ".bif", ".svslide")
 
 
 class DatasetError(ValueError):

@@ -15,7 +15,13 @@ from PIL import Image
 from skimage.segmentation import find_boundaries
 from tqdm.auto import tqdm
 
-from nucleiseg.data.io import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, DatasetError, read_rgb_image
+from nucleiseg.data.io import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_SUFFIXES,
+    SLIDE_SUFFIXES,
+    DatasetError,
+    read_rgb_image,
+)
 from nucleiseg.files.atomic import write_atomic
 from nucleiseg.inference.tiling import Predictor, dihedral_tta, predict_tiled
 from nucleiseg.postprocessing.watershed import (
@@ -43,17 +49,18 @@ class PredictionReport:
 
 
 def expand_inputs(spec: str) -> list[Path]:
-    """A file, a directory (its images) or a glob pattern, as a sorted list of files."""
+    """A file, a directory (its images and slides) or a glob pattern, as a sorted list."""
     path = Path(spec)
+    suffixes = IMAGE_SUFFIXES + SLIDE_SUFFIXES
     if path.is_dir():
-        files = [p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        files = [p for p in sorted(path.iterdir()) if p.suffix.lower() in suffixes]
     elif path.is_file():
         files = [path]
     else:
         files = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if Path(p).is_file()]
     if not files:
         raise FileNotFoundError(
-            f"input '{spec}' matches no image files ({', '.join(IMAGE_SUFFIXES)})"
+            f"input '{spec}' matches no image or slide files ({', '.join(suffixes)})"
         )
     return files
 

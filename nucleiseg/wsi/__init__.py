@@ -1,0 +1,1 @@
+"""Whole-slide images: reading at the model's resolution, tissue, seams, QuPath outputs."""

@@ -1,21 +1,24 @@
-"""The numeric precision of inference: float32, or bf16 autocast where it is fast and close.
+"""How inference computes: float32, bf16 autocast, or the exported model in ONNX Runtime.
 
-``precision=auto`` takes bf16 autocast only where the CPU computes bf16 natively (emulated
-bf16 is slower than float32) and only when it keeps the probabilities of a sample tile
-within ``TOLERANCE`` of float32's; otherwise float32.
+``precision=auto`` times the candidates on a sample tile and takes the fastest that keeps
+its probabilities within ``TOLERANCE`` of float32's (bf16 only where the CPU computes it
+natively: emulated bf16 is slower than float32).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 
 from nucleiseg.inference.tiling import Predictor
+from nucleiseg.training.precision import native_cpu_bf16
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-2
-PRECISIONS = ("auto", "32", "bf16")
+PRECISIONS = ("auto", "32", "bf16", "onnx")
+SAMPLE_SIZE = 512
 
 
 def autocast_predictor(predict: Predictor, device: str = "cpu") -> Predictor:
@@ -38,26 +41,87 @@ def sample_tile(size: int = 256) -> torch.Tensor:
 
 
 def choose_precision(
-    predict: Predictor, precision: str = "auto", device: str = "cpu"
+    predict: Predictor,
+    precision: str = "auto",
+    device: str = "cpu",
+    onnx: Callable[[], Predictor] | None = None,
 ) -> tuple[Predictor, str]:
-    """The predictor to use and its precision (``32`` or ``bf16``)."""
+    """The predictor to use and its precision (``32``, ``bf16`` or ``onnx``).
+
+    ``auto`` times every candidate on a sample tile and takes the fastest whose
+    probabilities stay within ``TOLERANCE`` of float32's: bf16 autocast where the CPU
+    computes bf16 natively (emulated bf16 is slower), and ONNX Runtime when ``onnx``
+    (which exports the model and returns its predictor) is given."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
     if precision == "32":
         return predict, "32"
-    fast = autocast_predictor(predict, device)
     if precision == "bf16":
-        return fast, "bf16"
-    if torch.device(device).type == "cpu":
-        from nucleiseg.training.precision import native_cpu_bf16
+        return autocast_predictor(predict, device), "bf16"
+    if precision == "onnx":
+        if onnx is None:
+            raise ValueError("precision=onnx runs the exported model on the CPU: use device=cpu")
+        return onnx(), "onnx"
+    candidates: dict[str, Predictor] = {}
+    if torch.device(device).type != "cpu" or native_cpu_bf16():
+        candidates["bf16"] = autocast_predictor(predict, device)
+    if onnx is not None:
+        try:
+            candidates["onnx"] = onnx()
+        except Exception as err:  # no onnxruntime, or a model it cannot take: not a candidate
+            log.info("ONNX Runtime not used (%s: %s)", type(err).__name__, err)
+    sample = sample_tile(SAMPLE_SIZE).to(device)
+    reference, float32_time = _timed(predict, sample)
+    chosen, name, best_time = predict, "32", float32_time
+    for label, candidate in candidates.items():
+        probs, seconds = _timed(candidate, sample)
+        gap = float((probs - reference).abs().max())
+        log.info(
+            "%s: %.2f s per %d px sample tile against float32's %.2f s; probabilities within "
+            "%.2g of float32's", label, seconds, SAMPLE_SIZE, float32_time, gap,
+        )  # fmt: skip
+        if gap <= TOLERANCE and seconds < best_time:
+            chosen, name, best_time = candidate, label, seconds
+    return chosen, name
 
-        if not native_cpu_bf16():
-            return predict, "32"
-    sample = sample_tile().to(device)
+
+def _timed(predict: Predictor, sample: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Probabilities of ``sample`` and the faster of two timed runs (after one warm-up)."""
+    import time
+
     with torch.no_grad():
-        gap = float((fast(sample) - predict(sample).float()).abs().max())
-    if gap > TOLERANCE:
-        log.info("bf16 moves probabilities by up to %.3g (> %g): float32 used", gap, TOLERANCE)
-        return predict, "32"
-    log.info("bf16 autocast: probabilities within %.2g of float32 on a sample tile", gap)
-    return fast, "bf16"
+        probs = predict(sample).float()
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            predict(sample)
+            times.append(time.perf_counter() - start)
+    return probs, min(times)
+
+
+def onnx_predictor(module, path=None) -> Predictor:
+    """The module exported to ONNX (nucleiseg.inference.export; at ``path``, or in a
+    temporary folder deleted once loaded) and run by ONNX Runtime on the CPU:
+    (N, 3, h, w) in 0..1 -> (N, 1, h, w) probabilities."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime
+
+    from nucleiseg.inference.export import export, exported_model
+
+    folder = None if path is not None else Path(tempfile.mkdtemp(prefix="nucleiseg_onnx_"))
+    try:
+        target = Path(path) if path is not None else folder / "model.onnx"
+        export(exported_model(module), target, "onnx")
+        session = onnxruntime.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        image = batch.detach().cpu().float().contiguous().numpy()
+        return torch.from_numpy(session.run(None, {"image": image})[0])
+
+    return run

@@ -10,7 +10,6 @@ from typing import Any
 
 from nucleiseg.data.io import DatasetError
 from nucleiseg.postprocessing.watershed import InstanceSettings
-from nucleiseg.wsi.outputs import SlideOutputConflict
 from nucleiseg.wsi.run import Predictor, SlideResult, predict_slide
 from nucleiseg.wsi.slide import SlideReader
 
@@ -64,7 +63,7 @@ def predict_slide_files(
                      path, result.nuclei, result.tissue_tiles, result.tiles,
                      result.megapixels_per_second)  # fmt: skip
             report.results.append(result)
-        except (DatasetError, SlideOutputConflict, MemoryError, RuntimeError, OSError) as err:
+        except Exception as err:  # any slide that fails is reported by name; the rest go on
             message = f"{type(err).__name__}: {err}".strip()
             log.error("failed: '%s': %s", path, message)
             report.failed.append((path, message))

@@ -56,19 +56,29 @@ def mpp_from_properties(properties: dict[str, object]) -> float | None:
     return None
 
 
+def _checked(handle):
+    """The handle, once its size, levels and metadata have been read (a truncated file
+    opens lazily and fails only here)."""
+    width, height = handle.dimensions
+    if width < 1 or height < 1 or not handle.level_downsamples:
+        raise ValueError(f"no image plane ({width}x{height}, {handle.level_count} levels)")
+    dict(handle.properties)
+    return handle
+
+
 def open_slide(path: Path):
     """A tiffslide (or, failing that, OpenSlide) handle; a clear error when neither reads it."""
     errors = []
     try:
         import tiffslide
 
-        return tiffslide.TiffSlide(path)
+        return _checked(tiffslide.TiffSlide(path))
     except Exception as err:  # unsupported or corrupt: try OpenSlide, then report both
         errors.append(f"tiffslide: {type(err).__name__}: {err}")
     try:
         import openslide
 
-        return openslide.OpenSlide(str(path))
+        return _checked(openslide.OpenSlide(str(path)))
     except ImportError:
         errors.append("openslide: not installed (pip install openslide-python openslide-bin)")
     except Exception as err:

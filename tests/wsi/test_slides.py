@@ -238,3 +238,10 @@ def test_predict_command_refuses_a_slide_without_mpp_and_goes_on(smoke_run, tmp_
     cmu = json.loads((tmp_path / "out" / "CMU-1-Small-Region.geojson").read_text())
     assert cmu["type"] == "FeatureCollection"
     assert not (tmp_path / "out" / "TCGA-CR-7395-01A-01-TS1.geojson").exists()
+
+
+def test_a_corrupt_slide_is_refused_by_name_with_both_readers_reasons(tmp_path):
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes((shared_dataset("wsi") / "CMU-1-Small-Region.svs").read_bytes()[:5000])
+    with pytest.raises(DatasetError, match=r"broken\.svs.*tiffslide.*openslide"):
+        SlideReader(broken, model_mpp=0.5)

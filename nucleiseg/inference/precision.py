@@ -52,6 +52,7 @@ def choose_precision(
     probabilities stay within ``TOLERANCE`` of float32's: bf16 autocast where the CPU
     computes bf16 natively (emulated bf16 is slower), and ONNX Runtime when ``onnx``
     (which exports the model and returns its predictor) is given."""
+    precision = str(precision)  # precision=32 on a command line arrives as a number
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: use one of {', '.join(PRECISIONS)}")
     if precision == "32":

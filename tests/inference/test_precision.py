@@ -51,6 +51,6 @@ def test_auto_takes_a_faster_candidate_only_within_the_tolerance(model):
 
     chosen, name = choose_precision(predict, "auto", onnx=far_off)
     assert name in ("32", "bf16")
-    assert choose_precision(predict, "32")[1] == "32"
+    assert choose_precision(predict, "32")[1] == choose_precision(predict, 32)[1] == "32"
     with pytest.raises(ValueError, match="use one of"):
         choose_precision(predict, "fp8")

@@ -253,3 +253,22 @@ def test_a_corrupt_slide_is_refused_by_name_with_both_readers_reasons(tmp_path):
     broken.write_bytes((shared_dataset("wsi") / "CMU-1-Small-Region.svs").read_bytes()[:5000])
     with pytest.raises(DatasetError, match=r"broken\.svs.*tiffslide.*openslide"):
         SlideReader(broken, model_mpp=0.5)
+
+
+def test_input_mpp_against_the_slide_s_own_is_warned_about(caplog):
+    import logging
+
+    cmu = shared_dataset("wsi") / "CMU-1-Small-Region.svs"
+    with caplog.at_level(logging.WARNING, logger="nucleiseg.wsi.slide"):
+        reader = SlideReader(cmu, model_mpp=0.5, input_mpp=0.25)
+    assert "says 0.499" in caplog.text and reader.mpp == 0.25
+    assert reader.size == (1484, 1110)  # read as 40x: half the model pixels per slide pixel
+
+
+def test_geojson_can_be_gzipped(tmp_path):
+    import gzip
+
+    slide = write_pyramid(tmp_path / "known.tif", painted(known_nuclei(seed=6)), mpp=0.5)
+    result = run_slide(slide, tmp_path / "out", tile=96, margin=24, gz=True)
+    with gzip.open(tmp_path / "out" / "known.geojson.gz", "rt") as handle:
+        assert len(json.load(handle)["features"]) == result.nuclei > 0

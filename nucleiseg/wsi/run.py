@@ -106,7 +106,9 @@ def predict_slide(
     post-processing) must match for an unfinished run to be continued. ``normalize`` (the
     checkpoint's stain normalisation) is applied to every window before the network.
     ``stop_after_rows`` ends the run early, unfinished (to test resuming)."""
-    outputs = SlideOutputs(stem, run_settings, overwrite=overwrite, gz=gz)
+    fingerprint = {**run_settings, "tile": tile, "margin": margin,
+                   "tissue_mask": str(tissue_mask) if tissue_mask else None}  # fmt: skip
+    outputs = SlideOutputs(stem, fingerprint, overwrite=overwrite, gz=gz)
     start_row = outputs.start()
     if tissue_mask is not None:
         tissue = read_tissue_mask(tissue_mask)

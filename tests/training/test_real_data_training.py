@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import numpy as np
 from hydra.utils import instantiate
 
 from nucleiseg.data.splits import read_split_file
@@ -43,28 +42,27 @@ def test_study_reads_tnbc_at_20x_crops_training_and_keeps_whole_test_images(tnbc
     assert len(datamodule.dataset("train")) == 30 * cfg.dataset.datamodule.train_repeats
 
 
-def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(
-    tnbc_root, lizard_pairs, tmp_path
-):
+def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(tnbc_root, tmp_path):
     """The recipe's one command end to end (train, tune post-processing on validation,
-    score the TNBC test split and CoNSeP samples), at toy size: 1 epoch of 2 batches per
-    phase, narrow encoder, a 2-setting tuning grid, 3 of the CoNSeP samples."""
+    score the TNBC test split and CoNSeP's test split), at toy size: 1 epoch of 2 batches
+    per phase, narrow encoder, a 2-setting tuning grid, CoNSeP in its own layout with seven
+    of its images (six training, as its 5 validation images need, and one test: 16 test
+    tiles)."""
     import json
     import subprocess
 
     from omegaconf import OmegaConf
-    from PIL import Image
 
     from nucleiseg.training.precision import cpu_precision
 
-    from conftest import ROOT
+    from conftest import ROOT, shared_dataset
 
-    consep = tmp_path / "consep"
-    for folder in ("images", "masks"):
-        (consep / folder).mkdir(parents=True)
-    for stem, image, mask in lizard_pairs[:3]:
-        Image.fromarray(image).save(consep / "images" / f"{stem}.png")
-        Image.fromarray(mask.astype(np.uint8) * 255).save(consep / "masks" / f"{stem}.png")
+    shared, consep = shared_dataset("consep"), tmp_path / "consep"
+    for split, image in [("train", i) for i in range(1, 7)] + [("test", 1)]:
+        for part in ("images", "masks", "types"):
+            (consep / split / part).mkdir(parents=True, exist_ok=True)
+            for path in (shared / split / part).glob(f"{split}_{image}_*"):
+                (consep / split / part / path.name).write_bytes(path.read_bytes())
     run = tmp_path / "run"
     toy = ("size=small stage.max_epochs=1 ++trainer.limit_train_batches=2 "
            "++trainer.limit_val_batches=1 figures.test_images=0 "
@@ -84,6 +82,7 @@ def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(
     tnbc = json.loads((run / "eval_tnbc" / "results.json").read_text())
     scored_consep = json.loads((run / "eval_consep" / "results.json").read_text())
     assert (tnbc["images"], tnbc["split"]) == (10, "test")
-    assert (scored_consep["images"], scored_consep["split"]) == (3, "all")
+    assert (scored_consep["images"], scored_consep["split"]) == (16, "test")
+    assert scored_consep["input_mpp"] == scored_consep["model_mpp"] == 0.25
     for scored in (tnbc, scored_consep):
         assert {"dice", "objects"} <= set(scored["test"]["two_stage"])

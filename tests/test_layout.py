@@ -22,7 +22,7 @@ ALLOWED = {
     "inference": {
         "files", "data", "models", "metrics", "postprocessing", "viz", "lightning", "training",
     },
-    "wsi": {"files", "data", "postprocessing"},
+    "wsi": {"files", "data", "models", "postprocessing"},
     "analysis": {"files", "viz"},
 }  # fmt: skip
 ENTRY_POINTS = {"train", "predict", "evaluate", "export", "tune_postprocess", "report", "study"}

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,28 +128,45 @@ def predict_slide(
     started = time.perf_counter()
     megapixels = 0.0
     progress = tqdm(total=remaining, desc=reader.path.name, unit="tile")
-    for row_index in range(start_row, len(grid)):
-        if stop_after_rows is not None and row_index - start_row >= stop_after_rows:
-            progress.close()
-            return SlideResult(reader.path, outputs.next_id - 1, tissue_tiles,
-                               sum(map(len, grid)), megapixels, 0.0, [])  # fmt: skip
-        nuclei = []
-        row = todo[row_index]
-        for i in range(0, len(row), max(1, batch_size)):
-            chunk = row[i : i + max(1, batch_size)]
-            windows = [reader.read(w.top, w.left, w.bottom - w.top, w.right - w.left)
-                       for w, _ in chunk]  # fmt: skip
-            if normalize is not None:
-                windows = [normalize(window) for window in windows]
+
+    def read(chunk) -> list[np.ndarray]:
+        windows = [reader.read(w.top, w.left, w.bottom - w.top, w.right - w.left)
+                   for w, _ in chunk]  # fmt: skip
+        return [normalize(w) for w in windows] if normalize is not None else windows
+
+    step = max(1, batch_size)
+    last_row = len(grid) if stop_after_rows is None else min(len(grid), start_row + stop_after_rows)
+    work = [(r, todo[r][i : i + step]) for r in range(start_row, last_row)
+            for i in range(0, len(todo[r]), step)]  # fmt: skip
+    nuclei: dict[int, list] = {r: [] for r in range(start_row, last_row)}
+    # the next windows are read (decoded, resampled) while the network runs on these
+    with ThreadPoolExecutor(max_workers=1) as prefetch:
+        pending = prefetch.submit(read, work[0][1]) if work else None
+        for index, (row_index, chunk) in enumerate(work):
+            windows = pending.result()
+            if index + 1 < len(work):
+                pending = prefetch.submit(read, work[index + 1][1])
             for (window, inner), prob in zip(chunk, _predict_windows(predict, windows),
                                              strict=True):  # fmt: skip
                 instances = instances_from_probability(prob, settings)
-                nuclei += owned_nuclei(instances, prob, (window.top, window.left), inner)
+                nuclei[row_index] += owned_nuclei(instances, prob, (window.top, window.left),
+                                                  inner)  # fmt: skip
                 megapixels += (inner.bottom - inner.top) * (inner.right - inner.left) / 1e6
             progress.update(len(chunk))
             elapsed = time.perf_counter() - started
             progress.set_postfix(MPps=f"{megapixels / elapsed:.2f}" if elapsed else "-")
-        outputs.add_row(nuclei, reader.level0_per_model, reader.mpp, reader.handle.dimensions)
+            row_done = index + 1 == len(work) or work[index + 1][0] != row_index
+            if row_done:  # rows without tissue are written (empty) before the next one
+                for row in range(min(nuclei), row_index + 1):
+                    outputs.add_row(nuclei.pop(row), reader.level0_per_model, reader.mpp,
+                                    reader.handle.dimensions)  # fmt: skip
+        for row in sorted(nuclei):  # trailing rows without tissue
+            outputs.add_row(nuclei.pop(row), reader.level0_per_model, reader.mpp,
+                            reader.handle.dimensions)  # fmt: skip
+    if stop_after_rows is not None and last_row < len(grid):
+        progress.close()
+        return SlideResult(reader.path, outputs.next_id - 1, tissue_tiles,
+                           sum(map(len, grid)), megapixels, 0.0, [])  # fmt: skip
     progress.close()
     seconds = time.perf_counter() - started
     thumbnail = reader.thumbnail(overlay_mpp)

@@ -5,7 +5,7 @@ tiles, pyramidal/OME-TIFF, Hamamatsu NDPI); formats it cannot open (MIRAX, VMS, 
 back to OpenSlide (``openslide-python`` + ``openslide-bin``, when installed). The model
 works on a *model grid*: the slide's level-0 plane scaled to the model's µm per pixel.
 Regions of it are read from the coarsest pyramid level that is at least as fine as the
-model's pixel size and resampled to it (scikit-image), so a slide is never decoded whole.
+model's pixel size and resampled to it (torch), so a slide is never decoded whole.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from nucleiseg.data.io import SLIDE_SUFFIXES, DatasetError
-from nucleiseg.data.resolution import resample_image
+from nucleiseg.models.resampling import resample_batch
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,14 @@ def mpp_from_properties(properties: dict[str, object]) -> float | None:
             if mpp > 0:
                 return mpp
     return None
+
+
+def resample_rgb(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An RGB uint8 region resampled to ``shape`` with torch (bilinear, anti-aliased when it
+    shrinks): several times faster than scikit-image on the large regions a slide needs."""
+    batch = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    out = resample_batch(batch, shape)[0].permute(1, 2, 0)
+    return out.round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
 def _checked(handle):
@@ -135,7 +144,7 @@ class SlideReader:
         dx = x0 / self.downsample - x_level
         if level_scale == 1.0 and dx == dy == 0:
             return region[:height, :width]
-        full = resample_image(region, (round(h_level / level_scale), round(w_level / level_scale)))
+        full = resample_rgb(region, (round(h_level / level_scale), round(w_level / level_scale)))
         oy, ox = round(dy / level_scale), round(dx / level_scale)
         out = full[oy : oy + height, ox : ox + width]
         if out.shape[:2] != (height, width):  # the last rounding pixel: pad with edge

@@ -227,6 +227,14 @@ def test_a_slide_without_a_pixel_size_needs_input_mpp(tmp_path):
     reader = SlideReader(tcga, model_mpp=0.5, input_mpp=0.25)  # JPEG 2000, two levels
     assert reader.level == 1 and reader.size == (1784, 2222)
     assert reader.read(800, 1000, 64, 64).std() > 5  # decoded tissue, not a blank
+    mask = np.zeros((8, 8), np.uint8)
+    mask[3:5, 3:5] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    result = predict_slide(reader, darkness, SETTINGS, tmp_path / "TCGA", {}, tile=512, margin=48,
+                           tissue_mask=tmp_path / "mask.png")  # fmt: skip
+    found = features(tmp_path / "TCGA.geojson")
+    assert result.nuclei == len(found) > 0
+    assert all(shape(f["geometry"]).bounds[2] <= 4443 for f in found)  # level-0 pixels
 
 
 def test_predict_command_refuses_a_slide_without_mpp_and_goes_on(smoke_run, tmp_path):

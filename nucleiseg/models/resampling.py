@@ -16,5 +16,7 @@ def resample_batch(batch: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(batch.shape[-2:]) == tuple(size):
         return batch
     shrinks = size[0] < batch.shape[-2] or size[1] < batch.shape[-1]
-    return F.interpolate(batch, size=size, mode="bilinear", align_corners=False,
-                         antialias=shrinks)  # fmt: skip
+    # in float32: anti-aliased interpolation has no bf16 kernel on the CPU (autocast inference)
+    out = F.interpolate(batch.float(), size=size, mode="bilinear", align_corners=False,
+                        antialias=shrinks)  # fmt: skip
+    return out.to(batch.dtype)

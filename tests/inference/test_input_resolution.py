@@ -106,3 +106,16 @@ def test_without_input_mpp_the_model_pixel_size_is_assumed_with_a_warning(smoke_
     assert module.input_pixels_per_model_pixel == 1.0
     with pytest.raises(ValueError, match="positive"):
         module.set_input_mpp(-1.0)
+
+
+def test_resampling_works_under_bf16_autocast(smoke_run):
+    from nucleiseg.inference.precision import autocast_predictor
+
+    module, output = load_model(finetune_checkpoint(smoke_run))
+    apply_input_mpp(module, 1.0)  # grows on the way in, shrinks (anti-aliased) on the way out
+    predict = autocast_predictor(module_predictor(module, output))
+    with torch.no_grad():
+        assert predict(torch.rand(1, 3, 40, 52)).shape == (1, 1, 40, 52)
+    apply_input_mpp(module, 0.25)
+    with torch.no_grad():
+        assert predict(torch.rand(1, 3, 40, 52)).shape == (1, 1, 40, 52)

@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> None:
     from pathlib import Path
 
     from nucleiseg.inference.loading import apply_input_mpp, load_model
-    from nucleiseg.inference.precision import choose_precision
+    from nucleiseg.inference.precision import choose_precision, onnx_predictor
     from nucleiseg.inference.predictor import expand_inputs, output_stems, predict_files
     from nucleiseg.inference.tiling import dihedral_tta, module_predictor
     from nucleiseg.postprocessing.watershed import InstanceSettings
@@ -32,14 +32,17 @@ def main(cfg: DictConfig) -> None:
 
     log = logging.getLogger("nucleiseg.predict")
     module, output = load_model(cfg.ckpt, cfg.device)
-    predict, precision = choose_precision(module_predictor(module, output), cfg.precision,
-                                          cfg.device)  # fmt: skip
     chosen = (
         InstanceSettings(**OmegaConf.to_container(cfg.postprocess)) if cfg.postprocess else None
     )
     inputs = expand_inputs(str(cfg.input))
     slides = [p for p in inputs if is_slide(p)]
     images = [p for p in inputs if p not in slides]
+    # auto weighs bf16 and ONNX Runtime for slides, where they pay off; flat images: float32
+    onnx = (lambda: onnx_predictor(module)) if slides and cfg.device == "cpu" else None
+    wanted = "32" if str(cfg.precision) == "auto" and not slides else cfg.precision
+    predict, precision = choose_precision(module_predictor(module, output), wanted,
+                                          cfg.device, onnx)  # fmt: skip
     failed, written = [], 0
     if images:
         input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))

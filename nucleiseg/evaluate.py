@@ -29,7 +29,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module.phase = "evaluate"
     input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
     # scored at the data's own grid: the module resamples its input to the model's and back
-    datamodule = instantiate(cfg.dataset.datamodule, split_output=None, model_mpp=None)
+    datamodule = instantiate(cfg.dataset.datamodule, split_output=None, model_mpp=None,
+                             channels=list(module.channels))  # fmt: skip
     datamodule.set_stain_normalizer(module.stain_normalizer)  # as the model was trained
     if cfg.whole_dataset:
         datamodule.source = WholeDataset(datamodule.source)

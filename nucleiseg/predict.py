@@ -55,7 +55,7 @@ def main(cfg: DictConfig) -> None:
         failed, written = report.failed, len(report.written)
     if slides:
         module.set_input_mpp(None)  # slides are read at the model's pixel size already
-        settings = chosen or module.instance_settings
+        settings = module.input_settings(chosen)  # the model's grid: unscaled
         run_settings = {"ckpt": str(Path(cfg.ckpt).resolve()), "tta": cfg.tta,
                         "tiling": OmegaConf.to_container(cfg.tiling),
                         "postprocess": vars(settings), "precision": precision}  # fmt: skip

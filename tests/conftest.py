@@ -103,7 +103,7 @@ def assert_export_matches(model, path: Path, fmt: str, shapes) -> None:
         with torch.no_grad():
             expected = model(image).numpy()
         got = run_exported(path, fmt, image.numpy())
-        assert got.shape == (shape[0], 1, *shape[2:])
+        assert got.shape == (shape[0], expected.shape[1], *shape[2:])  # every output channel
         assert np.abs(got - expected).max() < 1e-4
 
 

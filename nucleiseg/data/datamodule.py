@@ -7,8 +7,9 @@ albumentations pipeline from the config, applied to the training split only.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import albumentations as A
@@ -20,6 +21,7 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from nucleiseg.data.instance_targets import check_channels, instance_targets
 from nucleiseg.data.io import DatasetError
 from nucleiseg.data.resolution import resample_factor, resample_split
 from nucleiseg.data.samples import SplitSamples
@@ -65,16 +67,22 @@ class NucleiSource(Protocol):
 
 class NucleiDataset(Dataset):
     """Yields ``image`` float (3, H, W) in 0..1, ``mask`` float (1, H, W), ``instances`` int32
-    (H, W) and ``index``."""
+    (H, W) and ``index``; with instance-aware ``channels`` also ``targets`` (C, H, W) and
+    ``instance_weight`` (0 where the source's masks are binary)."""
 
     def __init__(
-        self, samples: SplitSamples, transform: A.BasicTransform | None = None, repeats: int = 1
+        self,
+        samples: SplitSamples,
+        transform: A.BasicTransform | None = None,
+        repeats: int = 1,
+        channels: Sequence[str] = ("nucleus",),
     ) -> None:
         if repeats < 1:
             raise ValueError(f"dataset.datamodule.train_repeats must be >= 1, got {repeats}")
         self.samples = samples
         self.transform = transform
         self.repeats = repeats
+        self.channels = check_channels(channels)
 
     def __len__(self) -> int:
         return len(self.samples) * self.repeats
@@ -89,7 +97,12 @@ class NucleiDataset(Dataset):
         image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 255.0
         mask_t = torch.from_numpy(np.ascontiguousarray(instances > 0)).float().unsqueeze(0)
         instances_t = torch.from_numpy(np.ascontiguousarray(instances, dtype=np.int32))
-        return {"image": image_t, "mask": mask_t, "instances": instances_t, "index": index}
+        item = {"image": image_t, "mask": mask_t, "instances": instances_t, "index": index}
+        if len(self.channels) > 1:  # drawn after augmentation: they follow its geometry
+            item["targets"] = torch.from_numpy(instance_targets(instances, self.channels))
+            # binary-only sources (TNBC) train the nucleus channel alone
+            item["instance_weight"] = torch.tensor(float(self.samples.true_instances))
+        return item
 
 
 class NucleiDataModule(L.LightningDataModule):
@@ -118,8 +131,10 @@ class NucleiDataModule(L.LightningDataModule):
         stain_transform: A.BasicTransform | None = None,
         mpp: float | None = None,
         model_mpp: float | None = None,
+        channels: Sequence[str] = ("nucleus",),
     ) -> None:
         super().__init__()
+        self.channels = check_channels(channels)
         if model_mpp is not None and mpp is None:
             raise DatasetError(
                 f"model.mpp={model_mpp} asks for the data at {model_mpp} µm per pixel, but "
@@ -167,7 +182,7 @@ class NucleiDataModule(L.LightningDataModule):
             images = images.images
         if self.stain_normalizer is not None:
             images = NormalizedImages(images, self.stain_normalizer)
-        return SplitSamples(images, samples.instances, samples.names, samples.types)
+        return dataclasses.replace(samples, images=images)
 
     def setup(self, stage: str | None = None) -> None:
         for name in STAGE_SPLITS.get(stage, SPLITS):
@@ -197,8 +212,10 @@ class NucleiDataModule(L.LightningDataModule):
         if split not in self.samples:
             self.setup()
         if split == "train":  # each image several times per epoch, a fresh crop each time
-            return NucleiDataset(self.samples[split], self.train_transform, self.train_repeats)
-        return NucleiDataset(self.samples[split], self.eval_transform)
+            return NucleiDataset(
+                self.samples[split], self.train_transform, self.train_repeats, self.channels
+            )
+        return NucleiDataset(self.samples[split], self.eval_transform, channels=self.channels)
 
     def eval_batch_size_for(self, split: str) -> int:
         """Whole images are batched only when they share one size (after eval_transform):

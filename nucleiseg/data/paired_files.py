@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from nucleiseg.data.io import (
     DatasetError,
     check_pair,
+    is_binary,
     read_array,
     to_instances,
     to_rgb,
@@ -99,6 +100,13 @@ class PairedFilesSource:
             check_pair(image, types, pair.image, pair.types)
         return image, instances, types
 
+    def true_instances(self, pair: Pair) -> bool:
+        """Whether the masks draw each nucleus (instance maps), not only nuclear pixels: binary
+        masks (``mask_kind: binary``, or ``auto`` on a binary first mask) do not."""
+        if self.mask_kind != "auto":
+            return self.mask_kind == "instance"
+        return not is_binary(read_array(pair.mask))
+
     def split(self, name: str) -> SplitSamples:
         if name not in SPLITS:
             raise KeyError(f"unknown split '{name}'; expected one of {SPLITS}")
@@ -124,5 +132,5 @@ class PairedFilesSource:
             )
         return SplitSamples(
             images=images, instances=instances, names=[p.name for p in pairs],
-            types=types if with_types else None,
+            types=types if with_types else None, true_instances=self.true_instances(pairs[0]),
         )  # fmt: skip

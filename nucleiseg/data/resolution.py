@@ -73,4 +73,5 @@ def resample_split(samples: SplitSamples, factor: float) -> SplitSamples:
         if samples.types is not None:
             types.append(resample_labels(samples.types[index], shape))
     return SplitSamples(images, instances, list(samples.names),
-                        types if samples.types is not None else None)  # fmt: skip
+                        types if samples.types is not None else None,
+                        samples.true_instances)  # fmt: skip

@@ -15,12 +15,16 @@ class SplitSamples:
 
     ``images`` and ``instances`` may be lists or memory-mapped arrays: only indexing is used.
     ``types`` are kept with the samples for later use; nothing trains on them yet.
+    ``true_instances`` is False where the instance maps are connected components of binary
+    masks (TNBC): touching nuclei are merged there, so instance-aware targets (contours,
+    distance maps) are not trained on them.
     """
 
     images: Sequence[np.ndarray]
     instances: Sequence[np.ndarray]
     names: list[str]
     types: Sequence[np.ndarray] | None = None
+    true_instances: bool = True
 
     def __post_init__(self) -> None:
         if not len(self.images) == len(self.instances) == len(self.names):

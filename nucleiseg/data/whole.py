@@ -23,4 +23,5 @@ class WholeDataset:
                 if all(p.types is not None for p in parts)
                 else None
             ),
+            true_instances=all(p.true_instances for p in parts),
         )

@@ -2,7 +2,8 @@
 ``python -m nucleiseg.tune_postprocess ckpt=<run>/checkpoints/finetune/best.ckpt dataset=tnbc``.
 
 Every combination of threshold, watershed markers (distance-transform peaks ``min_distance``
-apart, or h-maxima of depth ``h``) and minimum size in ``grid`` is scored on the validation
+apart, or h-maxima of depth ``h``; for instance-aware models the level ``marker_threshold``
+of their marker map) and minimum size in ``grid`` is scored on the validation
 images (never the test split); the chosen one has the smallest absolute nucleus-count error
 relative to the true count, ties broken by AJI; the same settings applied to the true
 masks (what post-processing alone miscounts) are scored beside it. It is written, with the
@@ -24,11 +25,18 @@ from omegaconf import DictConfig, OmegaConf
 from nucleiseg.files.atomic import write_atomic
 
 
-def candidates(grid: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every combination in ``grid``; each marker kind with its own parameter."""
+def candidates(
+    grid: dict[str, Any], base: dict[str, Any], channels: tuple[str, ...] = ("nucleus",)
+) -> list[dict[str, Any]]:
+    """Every combination in ``grid``; each marker kind with its own parameter. An
+    instance-aware model's (``channels`` beyond the nucleus) markers come from its own maps:
+    its knob is ``marker_threshold``."""
     found = []
     for threshold, min_size in itertools.product(grid["threshold"], grid["min_size"]):
         common = {**base, "threshold": threshold, "min_size": min_size}
+        if len(channels) > 1:
+            found += [{**common, "marker_threshold": m} for m in grid["marker_threshold"]]
+            continue
         found += [{**common, "markers": "peaks", "min_distance": d} for d in grid["min_distance"]]
         found += [{**common, "markers": "h_maxima", "h": h} for h in grid["h"]]
     return found
@@ -43,21 +51,26 @@ def validation_probabilities(module, output: str, datamodule) -> tuple[list, lis
     probs, truths = [], []
     for batch in datamodule.val_dataloader():
         logits = module(batch["image"].to(module.device))[output]
-        probs += list(torch.sigmoid(logits)[:, 0].float().cpu().numpy())
+        maps = torch.sigmoid(logits).float().cpu().numpy()  # (N, C, H, W)
+        probs += [m[0] if len(m) == 1 else m for m in maps]
         truths += list(batch["instances"].numpy())
     return probs, truths
 
 
 def score(
-    settings: dict[str, Any], probs: list, truths: list, factor: float = 1.0
+    settings: dict[str, Any],
+    probs: list,
+    truths: list,
+    factor: float = 1.0,
+    channels: tuple[str, ...] = ("nucleus",),
 ) -> dict[str, float]:
     """Nucleus metrics of ``settings`` (in model pixels; the maps have ``factor`` pixels per
-    model pixel)."""
+    model pixel) on maps of ``channels``."""
     from nucleiseg.metrics.objects import NucleusMetrics
     from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_probability
 
     metric = NucleusMetrics()
-    instance_settings = InstanceSettings(**settings).scaled(factor)
+    instance_settings = InstanceSettings(**{**settings, "channels": channels}).scaled(factor)
     for prob, truth in zip(probs, truths, strict=True):
         metric.update(instances_from_probability(prob, instance_settings), truth)
     values = {k: float(v) for k, v in metric.compute().items()}
@@ -66,7 +79,12 @@ def score(
 
 
 def tune(
-    probs: list, truths: list, grid: dict[str, Any], base: dict[str, Any], factor: float = 1.0
+    probs: list,
+    truths: list,
+    grid: dict[str, Any],
+    base: dict[str, Any],
+    factor: float = 1.0,
+    channels: tuple[str, ...] = ("nucleus",),
 ) -> dict:
     """Every candidate's validation scores, and the chosen settings (in model pixels; the
     maps have ``factor`` pixels per model pixel).
@@ -75,11 +93,16 @@ def tune(
     binary union of each true instance map as the "probability"): what the post-processing
     alone loses, so the rest of ``chosen_scores``' error is the model's.
     """
-    table = [{"settings": c, **score(c, probs, truths, factor)} for c in candidates(grid, base)]
+    from nucleiseg.data.instance_targets import instance_targets
+
+    table = [{"settings": c, **score(c, probs, truths, factor, channels)}
+             for c in candidates(grid, base, channels)]  # fmt: skip
     best = min(table, key=lambda r: (round(r["relative_abs_count_error"], 4), -r["aji"]))
-    true_masks = [(np.asarray(t) > 0).astype(np.float32) for t in truths]
+    # the true maps (the truth's own targets) as the "probabilities"
+    true_maps = [instance_targets(np.asarray(t), channels) for t in truths]
+    true_maps = [m[0] if len(m) == 1 else m for m in true_maps]
     return {"chosen": best["settings"], "chosen_scores": best,
-            "chosen_on_true_masks": score(best["settings"], true_masks, truths, factor),
+            "chosen_on_true_masks": score(best["settings"], true_maps, truths, factor, channels),
             "candidates": table}  # fmt: skip
 
 
@@ -112,13 +135,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     module, output = load_model(checkpoint)
     input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
     # at the data's own grid, as evaluate scores: the module resamples to the model's and back
-    datamodule = instantiate(cfg.dataset.datamodule, split_output=None, model_mpp=None)
+    datamodule = instantiate(cfg.dataset.datamodule, split_output=None, model_mpp=None,
+                             channels=list(module.channels))  # fmt: skip
     datamodule.set_stain_normalizer(module.stain_normalizer)  # as the model was trained
     datamodule.setup("validate")
     probs, truths = validation_probabilities(module, output, datamodule)
     base = OmegaConf.to_container(cfg.postprocess, resolve=True)
     grid = OmegaConf.to_container(cfg.grid, resolve=True)
-    result = tune(probs, truths, grid, base, module.input_pixels_per_model_pixel)
+    result = tune(probs, truths, grid, base, module.input_pixels_per_model_pixel, module.channels)
     result["checkpoint"] = str(checkpoint)
     result["input_mpp"], result["model_mpp"] = input_mpp, module.mpp
     target = Path(cfg.tuned_ckpt) if cfg.get("tuned_ckpt") else None

@@ -29,6 +29,7 @@ from nucleiseg.postprocessing.watershed import (
     InstanceSettings,
     describe_nuclei,
     instances_from_probability,
+    nucleus_probability,
 )
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,11 @@ def save_outputs(
     threshold: float, save_probability: bool = False, mpp: float | None = None,
 ) -> list[Path]:  # fmt: skip
     """Binary mask PNG, 16-bit instance PNG (TIFF past 65535 nuclei), overlay PNG, CSV
-    (areas in µm² at ``mpp``); each written to a temporary file and renamed."""
+    (areas in µm² at ``mpp``); each written to a temporary file and renamed. ``prob`` is the
+    model's maps: (H, W), or (C, H, W) for instance-aware models (the mask and CSV read the
+    nucleus channel; ``_probability.npy`` keeps every channel)."""
     out = stem.parent / stem.name
+    maps, prob = prob, nucleus_probability(prob)
     mask = Image.fromarray(((prob >= threshold) * 255).astype(np.uint8))
     paths = [write_atomic(Path(f"{out}_mask.png"), lambda p: mask.save(p, format="PNG"))]
     if instances.max() <= np.iinfo(np.uint16).max:
@@ -152,7 +156,7 @@ def save_outputs(
 
         def save_npy(p: Path) -> None:
             with p.open("wb") as handle:
-                np.save(handle, prob.astype(np.float32))
+                np.save(handle, maps.astype(np.float32))
 
         paths.append(write_atomic(Path(f"{out}_probability.npy"), save_npy))
     return paths

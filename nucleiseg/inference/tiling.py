@@ -16,7 +16,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-Predictor = Callable[[torch.Tensor], torch.Tensor]  # (N, 3, h, w) in 0..1 -> (N, 1, h, w) prob
+# (N, 3, h, w) in 0..1 -> (N, C, h, w) probabilities (C = 1: the paper's binary output)
+Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
@@ -78,7 +79,8 @@ def predict_tiled(
     device: str | torch.device = "cpu",
     fit_tiles: bool = True,
 ) -> np.ndarray:
-    """Probability map (H, W) float32 of an RGB uint8 image (H, W, 3) of any size.
+    """Probability map (H, W) float32 of an RGB uint8 image (H, W, 3) of any size; (C, H, W)
+    for a model with C > 1 output channels (instance-aware: nucleus first).
 
     ``tile`` is the largest window side; with ``fit_tiles`` the windows shrink (to a
     multiple of 32) as far as the same number of windows still covers the image.
@@ -100,7 +102,7 @@ def predict_tiled(
     padded = np.pad(image, ((margin, pad_h), (margin, pad_w), (0, 0)), mode="reflect")
     ph, pw = padded.shape[:2]
     window = blend_window((th, tw), margin, blend)
-    total = torch.zeros(ph, pw)
+    total: torch.Tensor | None = None  # (C, ph, pw) once the first batch says C
     weight = torch.zeros(ph, pw)
     ys = tile_starts(ph, th, th - overlap)
     xs = tile_starts(pw, tw, tw - overlap)
@@ -108,42 +110,47 @@ def predict_tiled(
     for i in range(0, len(boxes), batch_size):
         chunk = boxes[i : i + batch_size]
         batch = _to_tensor([padded[y : y + th, x : x + tw] for y, x in chunk], device)
-        probs = predict(batch)[:, 0].float().cpu()
+        probs = predict(batch).float().cpu()
+        if total is None:
+            total = torch.zeros(probs.shape[1], ph, pw)
         for (y, x), prob in zip(chunk, probs, strict=True):
-            total[y : y + th, x : x + tw] += prob * window
+            total[:, y : y + th, x : x + tw] += prob * window
             weight[y : y + th, x : x + tw] += window
     out = (
-        total[margin : margin + h, margin : margin + w]
+        total[:, margin : margin + h, margin : margin + w]
         / weight[margin : margin + h, margin : margin + w]
     )
-    return out.numpy()
+    return (out[0] if len(out) == 1 else out).numpy()
 
 
 @torch.no_grad()
 def predict_whole(predict: Predictor, image: np.ndarray, margin: int = 32) -> np.ndarray:
     """The same reflect-padded context as :func:`predict_tiled`, in one forward pass."""
     padded = np.pad(image, ((margin, margin), (margin, margin), (0, 0)), mode="reflect")
-    prob = predict(_to_tensor([padded], torch.device("cpu")))[0, 0]
-    return prob[margin:-margin, margin:-margin].float().numpy()
+    prob = predict(_to_tensor([padded], torch.device("cpu")))[0]
+    prob = prob[:, margin:-margin, margin:-margin].float()
+    return (prob[0] if len(prob) == 1 else prob).numpy()
 
 
 def dihedral_tta(predict: Predictor) -> Predictor:
     """Average of the 8 dihedral views (4 rotations x optional flip), each mapped back."""
 
     def averaged(batch: torch.Tensor) -> torch.Tensor:
-        total = torch.zeros_like(batch[:, :1])
+        total = None
         for flip in (False, True):
             view = batch.flip(-1) if flip else batch
             for k in range(4):
                 out = torch.rot90(predict(torch.rot90(view, k, (-2, -1))), -k, (-2, -1))
-                total += out.flip(-1) if flip else out
+                out = out.flip(-1) if flip else out
+                total = out if total is None else total + out
         return total / 8
 
     return averaged
 
 
 def module_predictor(module, output: str) -> Predictor:
-    """Probabilities of one output (``stage1`` or ``two_stage``) of a LightningModule."""
+    """Probabilities of one output (``stage1`` or ``two_stage``) of a LightningModule, every
+    channel it has."""
 
     def predict(batch: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(module(batch.to(module.device))[output])

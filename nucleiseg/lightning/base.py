@@ -12,15 +12,17 @@ because every phase runs its own ``Trainer.fit`` and restarts the global step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from nucleiseg.data.instance_targets import check_channels
+from nucleiseg.lightning.output_losses import output_loss
 from nucleiseg.lightning.phases import Phase
 from nucleiseg.metrics.objects import MissedNuclei, NucleusMetrics
 from nucleiseg.metrics.per_image import PerImageScores
@@ -37,11 +39,6 @@ class NonFiniteError(FloatingPointError):
     """A loss or metric became NaN/inf; the message names the phase and step."""
 
 
-def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Pixel-wise binary cross-entropy in the numerically stable logits form."""
-    return F.binary_cross_entropy_with_logits(logits, target)
-
-
 class SegmentationModule(L.LightningModule):
     """Base for the stage modules. Subclasses define ``parts`` and ``compute_outputs``."""
 
@@ -54,10 +51,16 @@ class SegmentationModule(L.LightningModule):
         threshold: float = 0.5,
         postprocess: dict[str, Any] | None = None,
         scheduler: SchedulerFactory | None = None,
+        channels: Sequence[str] = ("nucleus",),
+        loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         self.scheduler_factory = scheduler
-        self.instance_settings = InstanceSettings(**(postprocess or {"threshold": threshold}))
+        # what the networks output (conf/output/): "nucleus" first, then instance-aware maps
+        self.channels = check_channels(channels)
+        self.loss_weights = dict(loss_weights or {})
+        settings = {**(postprocess or {"threshold": threshold}), "channels": self.channels}
+        self.instance_settings = InstanceSettings(**settings)
         self.optimizer_factory = optimizer
         # set by configure_phase only
         self.phase = "train"  # log prefix
@@ -98,8 +101,20 @@ class SegmentationModule(L.LightningModule):
         """Logits per output name, and extra loss terms (auxiliary heads, given ``target``)."""
         raise NotImplementedError
 
-    def loss(self, logits: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self,
+        logits: dict[str, torch.Tensor],
+        target: torch.Tensor,
+        instance_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The training loss; ``target`` (N, C, H, W) holds the output's channels."""
         raise NotImplementedError
+
+    def output_loss(
+        self, logits: torch.Tensor, target: torch.Tensor, instance_weight: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The loss of one output's channels (nucleus BCE, and each instance-aware channel's)."""
+        return output_loss(logits, target, self.channels, self.loss_weights, instance_weight)
 
     # -- phases ---------------------------------------------------------------------------
     def configure_phase(self, phase: Phase, index: int = 0, epoch_offset: int = 0) -> None:
@@ -147,7 +162,8 @@ class SegmentationModule(L.LightningModule):
 
     def input_settings(self, settings: InstanceSettings | None = None) -> InstanceSettings:
         """Post-processing settings (chosen at the model's grid) in the input's pixels."""
-        return (settings or self.instance_settings).scaled(self.input_pixels_per_model_pixel)
+        chosen = replace(settings or self.instance_settings, channels=self.channels)
+        return chosen.scaled(self.input_pixels_per_model_pixel)
 
     def _outputs_at_input_grid(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits at the input's grid: the input resampled to the model's and back."""
@@ -163,12 +179,12 @@ class SegmentationModule(L.LightningModule):
         return self._outputs_at_input_grid(image)
 
     def _shared_step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
-        image, target = batch["image"], batch["mask"]
+        image, target = batch["image"], batch.get("targets", batch["mask"])
         if split == "train":
             logits, extra_loss = self.compute_outputs(image, target)
         else:
             logits, extra_loss = self._outputs_at_input_grid(image), 0.0
-        loss = self.loss(logits, target) + extra_loss
+        loss = self.loss(logits, target, batch.get("instance_weight")) + extra_loss
         self.log(
             f"{self.phase}/{split}/loss",
             loss,
@@ -180,7 +196,8 @@ class SegmentationModule(L.LightningModule):
         )
         if split in EVAL_SPLITS:
             for output, value in logits.items():
-                self.metrics[f"{split}_{output}"].update(torch.sigmoid(value), target.int())
+                nucleus = torch.sigmoid(value[:, :1])  # pixel metrics: the nucleus channel
+                self.metrics[f"{split}_{output}"].update(nucleus, batch["mask"].int())
         if split == "test" and "instances" in batch:
             self._update_test_only_metrics(logits, batch)
         return loss
@@ -194,12 +211,13 @@ class SegmentationModule(L.LightningModule):
         settings = self.input_settings()
         for output, value in logits.items():
             prob = torch.sigmoid(value)
+            maps = prob.float().cpu().numpy()  # (N, C, H, W): every channel post-processes
             predicted[output] = np.stack(
-                [instances_from_probability(p, settings) for p in prob[:, 0].float().cpu().numpy()]
+                [instances_from_probability(m if len(m) > 1 else m[0], settings) for m in maps]
             )
             self.object_metrics[output].update(predicted[output], true)
             self.per_image[output].update(
-                batch["index"], prob, batch["mask"], predicted[output], true
+                batch["index"], prob[:, :1], batch["mask"], predicted[output], true
             )
         if self.missed_nuclei is not None:
             self.missed_nuclei.update(predicted["stage1"], predicted["two_stage"], true)

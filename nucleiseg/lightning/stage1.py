@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from nucleiseg.lightning.base import OptimizerFactory, SchedulerFactory, SegmentationModule, bce
+from nucleiseg.lightning.base import OptimizerFactory, SchedulerFactory, SegmentationModule
+from nucleiseg.lightning.output_losses import bce
 
 
 def stage1_logits(
@@ -25,8 +27,9 @@ def stage1_logits(
     if forward_with_aux is None or target is None or aux_weight == 0:
         return stage1(image), image.new_zeros(())
     logits, aux = forward_with_aux(image)
-    main = bce(logits, target)
-    aux_mean = torch.stack([bce(a, target) for a in aux]).mean()
+    nucleus = target[:, :1]  # auxiliary heads supervise the nucleus channel
+    main = bce(logits[:, :1], nucleus)
+    aux_mean = torch.stack([bce(a[:, :1], nucleus) for a in aux]).mean()
     return logits, (main + aux_weight * aux_mean) / (1 + aux_weight) - main
 
 
@@ -43,10 +46,13 @@ class Stage1Module(SegmentationModule):
         threshold: float = 0.5,
         postprocess: dict[str, Any] | None = None,
         scheduler: SchedulerFactory | None = None,
+        channels: Sequence[str] = ("nucleus",),
+        loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(
-            optimizer=optimizer, threshold=threshold, postprocess=postprocess, scheduler=scheduler
-        )
+            optimizer=optimizer, threshold=threshold, postprocess=postprocess,
+            scheduler=scheduler, channels=channels, loss_weights=loss_weights,
+        )  # fmt: skip
         self.save_hyperparameters(ignore=["stage1", "optimizer", "scheduler"])
         self.stage1 = stage1
         self.aux_weight = aux_weight
@@ -61,5 +67,10 @@ class Stage1Module(SegmentationModule):
         logits, aux_loss = stage1_logits(self.stage1, image, target, self.aux_weight)
         return {"stage1": logits}, aux_loss
 
-    def loss(self, logits: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        return bce(logits["stage1"], target)
+    def loss(
+        self,
+        logits: dict[str, torch.Tensor],
+        target: torch.Tensor,
+        instance_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.output_loss(logits["stage1"], target, instance_weight)

@@ -9,12 +9,13 @@ enhancer's output to stage 1's logit instead of replacing it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from nucleiseg.lightning.base import OptimizerFactory, SchedulerFactory, SegmentationModule, bce
+from nucleiseg.lightning.base import OptimizerFactory, SchedulerFactory, SegmentationModule
 from nucleiseg.lightning.stage1 import stage1_logits
 from nucleiseg.models.enhancer import enhance
 
@@ -36,10 +37,13 @@ class TwoStageModule(SegmentationModule):
         threshold: float = 0.5,
         postprocess: dict[str, Any] | None = None,
         scheduler: SchedulerFactory | None = None,
+        channels: Sequence[str] = ("nucleus",),
+        loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(
-            optimizer=optimizer, threshold=threshold, postprocess=postprocess, scheduler=scheduler
-        )
+            optimizer=optimizer, threshold=threshold, postprocess=postprocess,
+            scheduler=scheduler, channels=channels, loss_weights=loss_weights,
+        )  # fmt: skip
         self.save_hyperparameters(ignore=["stage1", "enhancer", "optimizer", "scheduler"])
         self.stage1 = stage1
         self.enhancer = enhancer
@@ -67,8 +71,14 @@ class TwoStageModule(SegmentationModule):
         refined = enhance(self.enhancer, image, logits1, self.enhancer_sees_image, self.residual)
         return {"stage1": logits1, "two_stage": refined}, extra
 
-    def loss(self, logits: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
-        loss = bce(logits["two_stage"], target)
+    def loss(
+        self,
+        logits: dict[str, torch.Tensor],
+        target: torch.Tensor,
+        instance_weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        loss = self.output_loss(logits["two_stage"], target, instance_weight)
         if self.stage1_loss_weight > 0 and "stage1" not in self.frozen_parts:
-            loss = loss + self.stage1_loss_weight * bce(logits["stage1"], target)
+            stage1 = self.output_loss(logits["stage1"], target, instance_weight)
+            loss = loss + self.stage1_loss_weight * stage1
         return loss

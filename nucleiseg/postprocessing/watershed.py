@@ -5,6 +5,11 @@ usual post-processing for binary nuclei maps. Markers are its local maxima at le
 ``min_distance`` apart (``markers: peaks``), or its h-maxima (``markers: h_maxima``: maxima
 that rise at least ``h`` pixels above their surroundings, so an elongated nucleus with a
 flat ridge is not over-split).
+
+Instance-aware models (``output=contour|distance``) also predict what separates nuclei; their
+maps (C, H, W) go to :func:`instances_from_maps`: markers are the connected regions where the
+marker map (nucleus x (1 - contour), or the predicted distance) reaches
+``marker_threshold``, grown by a watershed on that map into the thresholded nucleus map.
 """
 
 from __future__ import annotations
@@ -27,8 +32,12 @@ class InstanceSettings:
     fill_holes: bool = True
     markers: str = "peaks"  # "peaks" (min_distance apart) or "h_maxima" (depth h)
     h: float = 1.0  # h-maxima depth in pixels of the distance transform
+    marker_threshold: float = 0.5  # instance-aware outputs: marker map level of a marker
+    # what the maps' channels are (the model's output.channels; set by the module)
+    channels: tuple[str, ...] = ("nucleus",)
 
     def __post_init__(self) -> None:
+        self.channels = tuple(self.channels)
         if self.markers not in ("peaks", "h_maxima"):
             raise ValueError(
                 f"postprocess.markers must be 'peaks' or 'h_maxima', not '{self.markers}'"
@@ -81,11 +90,47 @@ def instances_from_mask(mask: np.ndarray, settings: InstanceSettings | None = No
     return labels.astype(np.int32)
 
 
+def nucleus_probability(maps: np.ndarray) -> np.ndarray:
+    """The nucleus channel (H, W) of a model's maps: (H, W) already, or channel 0 of (C, H, W)."""
+    return maps if maps.ndim == 2 else maps[0]
+
+
+def marker_map(maps: np.ndarray, channels: tuple[str, ...]) -> np.ndarray:
+    """High inside nuclei, low where they meet: the predicted distance, or the nucleus
+    probability times one minus the contour probability."""
+    if "distance" in channels:
+        return maps[channels.index("distance")]
+    return maps[0] * (1.0 - maps[channels.index("contour")])
+
+
+def instances_from_maps(maps: np.ndarray, settings: InstanceSettings) -> np.ndarray:
+    """Int32 instance map from an instance-aware model's maps (C, H, W)."""
+    mask = maps[0] >= settings.threshold
+    if settings.fill_holes:
+        mask = ndimage.binary_fill_holes(mask)
+    if settings.min_size > 0:
+        mask = remove_small_objects(mask, max_size=settings.min_size - 1)
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    elevation = marker_map(maps, settings.channels)
+    markers, _ = ndimage.label((elevation >= settings.marker_threshold) & mask)
+    labels = watershed(-elevation, markers, mask=mask)
+    missing = (labels == 0) & mask  # nuclei without a marker keep their own label
+    if missing.any():
+        extra, _ = ndimage.label(missing)
+        labels[missing] = extra[missing] + labels.max()
+    return labels.astype(np.int32)
+
+
 def instances_from_probability(
     prob: np.ndarray, settings: InstanceSettings | None = None
 ) -> np.ndarray:
+    """Nuclei from a model's maps: a probability (H, W), or (C, H, W) of the channels
+    ``settings.channels`` names (instance-aware models)."""
     settings = settings or InstanceSettings()
-    return instances_from_mask(prob >= settings.threshold, settings)
+    if prob.ndim == 3 and len(settings.channels) > 1:
+        return instances_from_maps(prob, settings)
+    return instances_from_mask(nucleus_probability(prob) >= settings.threshold, settings)
 
 
 NUCLEUS_COLUMNS = (

@@ -28,10 +28,23 @@ def stored_sections(cfg: DictConfig) -> dict[str, Any]:
     return sections
 
 
+def build_networks(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Stage 1 and the enhancer; with instance-aware outputs (``model.channels``, C > 1) both
+    output C channels and the enhancer reads the image and all C of stage 1's (a checkpoint
+    without ``model.channels`` is the paper's binary model)."""
+    channels = len(cfg.model.get("channels") or ("nucleus",))
+    if channels == 1:
+        return instantiate(cfg.backbone.net), instantiate(cfg.model.enhancer)
+    enhancer_cfg = cfg.model.enhancer
+    reads = int(enhancer_cfg.get("in_channels", 4)) - int(enhancer_cfg.get("classes", 1))
+    stage1 = instantiate(cfg.backbone.net, classes=channels)
+    enhancer = instantiate(enhancer_cfg, in_channels=reads + channels, classes=channels)
+    return stage1, enhancer
+
+
 def build_modules(cfg: DictConfig) -> dict[str, SegmentationModule]:
     """Stage 1 and the two-stage module, sharing one stage-1 network."""
-    stage1 = instantiate(cfg.backbone.net)
-    enhancer = instantiate(cfg.model.enhancer)
+    stage1, enhancer = build_networks(cfg)
     optimizer = instantiate(cfg.model.optimizer)
     schedule = cfg.model.get("scheduler")
     shared = {"optimizer": optimizer, "scheduler": instantiate(schedule) if schedule else None}

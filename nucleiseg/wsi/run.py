@@ -23,7 +23,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from nucleiseg.files.atomic import write_atomic
-from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_probability
+from nucleiseg.postprocessing.watershed import (
+    InstanceSettings,
+    instances_from_probability,
+    nucleus_probability,
+)
 from nucleiseg.wsi.outputs import SlideOutputs
 from nucleiseg.wsi.seams import owned_nuclei, tile_grid
 from nucleiseg.wsi.slide import SlideReader
@@ -68,9 +72,9 @@ def _predict_windows(predict: Predictor, windows: list[np.ndarray]) -> list[np.n
         for indices in by_shape.values():
             batch = torch.from_numpy(np.stack([windows[i] for i in indices]))
             batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
-            probs = predict(batch)[:, 0].float().cpu().numpy()
+            probs = predict(batch).float().cpu().numpy()  # (N, C, h, w)
             for i, prob in zip(indices, probs, strict=True):
-                out[i] = prob
+                out[i] = prob[0] if len(prob) == 1 else prob
     return out  # type: ignore[return-value]
 
 
@@ -149,7 +153,8 @@ def predict_slide(
             for (window, inner), prob in zip(chunk, _predict_windows(predict, windows),
                                              strict=True):  # fmt: skip
                 instances = instances_from_probability(prob, settings)
-                nuclei[row_index] += owned_nuclei(instances, prob, (window.top, window.left),
+                nuclei[row_index] += owned_nuclei(instances, nucleus_probability(prob),
+                                                  (window.top, window.left),
                                                   inner)  # fmt: skip
                 megapixels += (inner.bottom - inner.top) * (inner.right - inner.left) / 1e6
             progress.update(len(chunk))

@@ -1,0 +1,187 @@
+"""Instance-aware outputs (output=contour|distance): targets, masked losses, post-processing
+that splits what binary + watershed merges, and a trained model through every command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nucleiseg.data.instance_targets import contour_map, distance_map, instance_targets
+from nucleiseg.lightning.output_losses import bce, output_loss
+from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_probability
+
+from conftest import compose_config, smoke_overrides
+
+
+def two_touching_squares() -> np.ndarray:
+    """Two 8x8 nuclei side by side (ids 1 and 2), touching along a whole edge."""
+    labels = np.zeros((12, 20), np.int32)
+    labels[2:10, 2:10] = 1
+    labels[2:10, 10:18] = 2
+    return labels
+
+
+def test_contour_target_is_each_nucleus_inner_ring():
+    labels = two_touching_squares()
+    contour = contour_map(labels)
+    expected = np.zeros_like(contour)
+    for left in (2, 10):
+        ring = np.ones((8, 8), np.float32)
+        ring[1:-1, 1:-1] = 0
+        expected[2:10, left : left + 8] = ring
+    np.testing.assert_array_equal(contour, expected)  # both rings: the shared edge twice
+
+
+def test_distance_target_peaks_at_one_per_nucleus_and_dips_where_nuclei_meet():
+    labels = two_touching_squares()
+    distance = distance_map(labels)
+    assert distance[labels == 0].max() == 0
+    for nucleus in (1, 2):
+        assert distance[labels == nucleus].max() == pytest.approx(1.0)
+    # 1 px from its own border: 1/4 of the centre's 4 px; the same on both sides of the seam
+    assert distance[5, 9] == pytest.approx(distance[5, 10]) == pytest.approx(0.25)
+    assert distance[5, 9] < distance[5, 6]
+    stacked = instance_targets(labels, ("nucleus", "contour", "distance"))
+    assert stacked.shape == (3, 12, 20)
+    np.testing.assert_array_equal(stacked[0], labels > 0)
+
+
+def test_a_binary_only_sample_adds_nothing_to_the_instance_channels():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 16, 16, requires_grad=True)
+    target = (torch.rand(2, 2, 16, 16) > 0.5).float()
+    weight = torch.tensor([1.0, 0.0])  # sample 1 comes from binary masks (TNBC)
+    loss = output_loss(logits, target, ("nucleus", "contour"), {"contour": 2.0}, weight)
+    loss.backward()
+    assert logits.grad[1, 1].abs().max() == 0  # its contour channel gets no gradient
+    assert logits.grad[0, 1].abs().max() > 0 and logits.grad[1, 0].abs().max() > 0
+    # its contour target can be anything
+    other = target.clone()
+    other[1, 1] = 1 - other[1, 1]
+    again = output_loss(logits, other, ("nucleus", "contour"), {"contour": 2.0}, weight)
+    assert again.item() == pytest.approx(loss.item())
+    nucleus_only = output_loss(logits, target, ("nucleus", "contour"), {}, torch.zeros(2))
+    assert nucleus_only.item() == pytest.approx(bce(logits[:, :1], target[:, :1]).item())
+
+
+def test_instance_channels_split_touching_nuclei_that_binary_watershed_merges():
+    labels = two_touching_squares()
+    binary = InstanceSettings(threshold=0.5, min_size=0, markers="h_maxima", h=1.0)
+    merged = instances_from_probability((labels > 0).astype(np.float32), binary)
+    assert merged.max() == 1  # one flat ridge: one marker, one nucleus
+    for channels in (("nucleus", "contour"), ("nucleus", "distance")):
+        maps = instance_targets(labels, channels)
+        settings = InstanceSettings(min_size=0, marker_threshold=0.5, channels=channels)
+        split = instances_from_probability(maps, settings)
+        assert split.max() == 2, channels
+        for nucleus in (1, 2):  # each found nucleus is one of the true squares
+            found = np.bincount(split[labels == nucleus]).argmax()
+            overlap = ((split == found) & (labels == nucleus)).sum()
+            union = ((split == found) | (labels == nucleus)).sum()
+            assert overlap / union > 0.9, channels
+
+
+def test_channels_are_checked_by_name():
+    from hydra.errors import InstantiationException
+
+    with pytest.raises((ValueError, InstantiationException), match="must start with 'nucleus'"):
+        compose_and_build(["output=contour", "model.channels=[contour,nucleus]"])
+
+
+def compose_and_build(overrides: list[str]):
+    from nucleiseg.training.builders import build_modules
+
+    return build_modules(compose_config(smoke_overrides(*overrides)))
+
+
+def test_networks_follow_the_channels_and_the_enhancer_reads_all_of_them():
+    modules = compose_and_build(["output=distance"])
+    two_stage = modules["two_stage"]
+    assert two_stage.enhancer.in_channels == 5 and two_stage.channels == ("nucleus", "distance")
+    with torch.no_grad():
+        outputs = two_stage(torch.rand(1, 3, 64, 64))
+    assert outputs["stage1"].shape == outputs["two_stage"].shape == (1, 2, 64, 64)
+    binary = compose_and_build([])["two_stage"]
+    assert binary.enhancer.in_channels == 4 and binary.channels == ("nucleus",)
+
+
+@pytest.fixture(scope="module")
+def contour_run(tmp_path_factory):
+    """A three-phase smoke run with the contour output on the synthetic data."""
+    from nucleiseg.training.orchestration import train
+
+    run_dir = tmp_path_factory.mktemp("contour_run")
+    return run_dir, train(compose_config(smoke_overrides("output=contour"), run_dir))
+
+
+def test_a_contour_model_trains_and_every_command_uses_its_channels(contour_run, tmp_path):
+    from nucleiseg.evaluate import evaluate
+    from nucleiseg.inference.export import export, exported_model
+    from nucleiseg.inference.loading import load_model
+    from nucleiseg.tune_postprocess import main as tune_main  # noqa: F401 (the entry point)
+
+    from conftest import assert_export_matches
+
+    run_dir, results = contour_run
+    assert {"stage1", "two_stage"} <= set(results["test"])
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    module, output = load_model(ckpt)  # no flag: the checkpoint says what it outputs
+    assert module.channels == ("nucleus", "contour")
+    assert module.instance_settings.channels == module.channels
+    with torch.no_grad():
+        assert module(torch.rand(1, 3, 48, 40))[output].shape == (1, 2, 48, 40)
+    model = exported_model(module)
+    onnx = export(model, tmp_path / "model.onnx", "onnx")
+    assert_export_matches(model, onnx, "onnx", [(1, 3, 64, 64)])  # both channels
+    scored = evaluate(
+        compose_config(["experiment=smoke", f"+ckpt={ckpt}", "+whole_dataset=false"], tmp_path)
+    )
+    assert scored["test"]["two_stage"]["dice"] == pytest.approx(
+        results["test"]["two_stage"]["dice"], abs=1e-6
+    )
+
+
+def test_tuning_an_instance_aware_model_tunes_its_marker_level(contour_run, tmp_path):
+    from nucleiseg.inference.loading import load_model
+    from nucleiseg.inference.postprocess_tuning import run
+
+    run_dir, _ = contour_run
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    cfg = compose_config(
+        ["experiment=smoke", f"+ckpt={ckpt}", "+tuned_ckpt=null",
+         "+grid={threshold:[0.5],min_size:[10],min_distance:[4],h:[1.0],"
+         "marker_threshold:[0.3,0.6]}"],
+        tmp_path,
+    )  # fmt: skip
+    result = run(cfg)
+    assert [c["settings"]["marker_threshold"] for c in result["candidates"]] == [0.3, 0.6]
+    tuned, _ = load_model(result["tuned_checkpoint"])
+    assert tuned.instance_settings.marker_threshold == result["chosen"]["marker_threshold"]
+    assert tuned.instance_settings.channels == ("nucleus", "contour")
+    written = json.loads((tmp_path / "postprocess_tuning.json").read_text())
+    assert written["chosen"] == result["chosen"]
+
+
+def test_predict_writes_nuclei_of_a_contour_model(contour_run, tmp_path):
+    from PIL import Image
+
+    from nucleiseg.inference.loading import load_model
+    from nucleiseg.inference.predictor import predict_files
+    from nucleiseg.inference.tiling import module_predictor
+
+    run_dir, _ = contour_run
+    module, output = load_model(run_dir / "checkpoints" / "finetune" / "best.ckpt")
+    image = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "tile.png")
+    report = predict_files(
+        module_predictor(module, output), [tmp_path / "tile.png"], tmp_path / "out",
+        module.input_settings(), tile=64, overlap=16, save_probability=True,
+    )  # fmt: skip
+    assert not report.failed
+    maps = np.load(tmp_path / "out" / "tile_probability.npy")
+    assert maps.shape == (2, 70, 90)  # nucleus and contour, stitched across tiles
+    mask = np.asarray(Image.open(tmp_path / "out" / "tile_mask.png"))
+    np.testing.assert_array_equal(mask > 0, maps[0] >= module.instance_settings.threshold)

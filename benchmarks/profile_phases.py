@@ -76,6 +76,7 @@ def profile_phase(cfg, phase_index: int) -> dict[str, Any]:
     # the step is nested inside run_training_batch; the hooks are not
     step_s = sum(s for a, s in loop.items() if a.endswith(("training_step", "backward")))
     top = sorted(hooks.items(), key=lambda item: -item[1])[:8]
+    batch_seconds = profiler.recorded_durations.get("run_training_batch", [])
     return {
         "phase": phases[phase_index].name,
         "batches": batches,
@@ -85,9 +86,7 @@ def profile_phase(cfg, phase_index: int) -> dict[str, Any]:
         "hooks_s": sum(hooks.values()),
         "hooks_share_of_epoch": sum(hooks.values()) / epoch_s,
         "top_hooks_s": dict(top),
-        "median_batch_ms": 1000 * statistics.median(
-            profiler.recorded_durations.get("run_training_batch", [0.0])[-batches:]
-        ),
+        "median_batch_ms": 1000 * statistics.median(batch_seconds[-batches:] or [0.0]),
     }
 
 

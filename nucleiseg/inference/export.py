@@ -1,10 +1,12 @@
 """Export the full trained model (stage 1 + enhancer) to TorchScript or ONNX.
 
-The exported graph maps an RGB batch (N, 3, H, W) in 0..1 to the final nucleus probability
-(N, 1, H, W), with dynamic batch, height and width for U-Net and U-Net++ (their padding to
-a multiple of 32 is traced as shape arithmetic; tracing happens on a size that needs
-padding, and every export is checked against PyTorch on a second size). Micro-Net's tiling
-depends on the input size in Python, so it exports for one fixed ``size``.
+The exported graph maps an RGB batch (N, 3, H, W) in 0..1 to the final probabilities
+(N, C, H, W): the nucleus first, then an instance-aware model's other channels
+(``output=contour|distance``: the checkpoint's ``model.channels``), with dynamic batch,
+height and width for U-Net and U-Net++ (their padding to a multiple of 32 is traced as
+shape arithmetic; tracing happens on a size that needs padding, and every export is checked
+against PyTorch on a second size). Micro-Net's tiling depends on the input size in Python,
+so it exports for one fixed ``size``.
 """
 
 from __future__ import annotations

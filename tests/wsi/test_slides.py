@@ -280,3 +280,43 @@ def test_geojson_can_be_gzipped(tmp_path):
     result = run_slide(slide, tmp_path / "out", tile=96, margin=24, gz=True)
     with gzip.open(tmp_path / "out" / "known.geojson.gz", "rt") as handle:
         assert len(json.load(handle)["features"]) == result.nuclei > 0
+
+
+SEAM = (150, 110, 170)  # the painted boundary ring of each nucleus
+
+
+def nucleus_and_contour(batch: torch.Tensor) -> torch.Tensor:
+    """A stand-in instance-aware detector: nucleus = dark or ring pixels, contour = ring."""
+    seam = torch.tensor(SEAM, dtype=batch.dtype).view(1, 3, 1, 1) / 255
+    ring = (batch - seam).abs().amax(dim=1, keepdim=True)
+    nucleus = torch.sigmoid((0.65 - batch.mean(dim=1, keepdim=True)) * 40)
+    return torch.cat([nucleus, torch.sigmoid((0.04 - ring) * 200)], dim=1)
+
+
+def test_an_instance_aware_model_splits_touching_nuclei_across_a_slide(tmp_path):
+    from skimage.segmentation import find_boundaries
+
+    labels = np.zeros((200, 300), np.int32)
+    for index, (y, x) in enumerate((y, x) for y in range(10, 190, 30) for x in range(10, 270, 45)):
+        labels[y : y + 12, x : x + 12] = 2 * index + 1  # two 12 px nuclei touching along an edge
+        labels[y : y + 12, x + 12 : x + 24] = 2 * index + 2
+    image = painted(labels)
+    image[find_boundaries(labels, mode="inner")] = SEAM
+    slide = write_pyramid(tmp_path / "pairs.tif", image, mpp=0.5)
+    reader = SlideReader(slide, model_mpp=0.5)
+    tissue = all_tissue(tmp_path / "tissue.png")
+    try:
+        channels = ("nucleus", "contour")
+        aware = InstanceSettings(threshold=0.5, min_size=10, marker_threshold=0.5,
+                                 channels=channels)  # fmt: skip
+        result = predict_slide(reader, nucleus_and_contour, aware, tmp_path / "aware" / "pairs",
+                               {}, tile=128, margin=24, tissue_mask=tissue)  # fmt: skip
+        binary = InstanceSettings(threshold=0.5, min_size=10, markers="h_maxima", h=1.0)
+        merged = predict_slide(reader, nucleus_and_contour, binary, tmp_path / "binary" / "pairs",
+                               {}, tile=128, margin=24, tissue_mask=tissue)  # fmt: skip
+    finally:
+        reader.close()
+    assert result.nuclei == labels.max() == 72  # every pair split, none lost at tile seams
+    assert merged.nuclei == labels.max() // 2  # the nucleus channel alone: pairs merge
+    areas = [shape(f["geometry"]).area for f in features(tmp_path / "aware" / "pairs.geojson")]
+    assert min(areas) > 0.8 * 144 and max(areas) < 1.2 * 144

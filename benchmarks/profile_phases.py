@@ -31,6 +31,8 @@ from nucleiseg.training.phase_runner import run_phase
 # the profiler's names for the work a plain loop does too
 LOOP_WORK = ("training_step", "backward", "optimizer_step", "train_dataloader_next",
              "optimizer_zero_grad")  # fmt: skip
+# its summary goes to a file in the (temporary) run dir, not the terminal
+PROFILER = "+trainer.profiler={_target_:lightning.pytorch.profilers.SimpleProfiler,filename:fit}"
 PER_BATCH_PREFIXES = ("[Callback]", "[LightningModule]", "[Strategy]", "[_TrainingEpochLoop]",
                       "[LightningDataModule]")  # fmt: skip
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for index in range(3):
         # Lightning's SimpleProfiler, a fresh one per Trainer
-        row = profile_phase(compose_profile(profile, "+trainer.profiler=simple"), index)
+        row = profile_phase(compose_profile(profile, PROFILER), index)
         rows.append(row)
         print(f"\n## {row['phase']}: steady epoch {row['epoch_s']:.2f} s over {row['batches']} "
               f"batches; framework hooks {row['hooks_s'] * 1000:.1f} ms "

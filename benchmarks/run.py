@@ -75,7 +75,8 @@ def phase_cost_row(
     )
     lines.append(
         f"| phase 2 cost per image / phase 3, {label} | "
-        f"{row['phase2_cost_vs_phase3']:.2f} | "
+        f"{row['phase2_cost_vs_phase3']:.2f} (median step: "
+        f"{row['phase2_step_cost_vs_phase3']:.2f}) | "
         f"{row['breakdown']['kernel_floor_phase2_vs_phase3']:.2f} (bare steps) | |"
     )
     return row
@@ -133,6 +134,11 @@ def main(argv: list[str] | None = None) -> dict:
             lines.append(
                 f"| train {row['phase']} (images/s) | {row['framework_images_per_s']:.2f} | "
                 f"{row['plain_images_per_s']:.2f} | {row['ratio']:.3f} |"
+            )
+            lines.append(
+                f"| train {row['phase']}, median step (ms; ratio plain/framework) | "
+                f"{row['framework_step_ms']:.0f} | {row['plain_step_ms']:.0f} | "
+                f"{row['step_ratio']:.3f} |"
             )
         cpu_overrides = {} if args.gpu else CPU_PHASE_OVERRIDES
         report["phase_cost_by_backbone"] = [

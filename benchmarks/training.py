@@ -24,13 +24,19 @@ class EpochTimer(Callback):
 
     def __init__(self) -> None:
         self.seconds: list[float] = []
+        self.batch_seconds: list[list[float]] = []  # per epoch: each step's wall time
         self.images = 0
-        self._start, self._done = 0.0, True
+        self._start, self._done, self._batch_start = 0.0, True, 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start, self._done, self.images = time.perf_counter(), False, 0
+        self.batch_seconds.append([])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.batch_seconds[-1].append(time.perf_counter() - self._batch_start)
         self.images += len(batch["image"])
 
     def _stop(self) -> None:
@@ -45,14 +51,19 @@ class EpochTimer(Callback):
         self._stop()
 
 
-def plain_epoch(module, loader, optimizer, precision: str = "32-true") -> tuple[float, int]:
+def plain_epoch(
+    module, loader, optimizer, precision: str = "32-true", steps: list[float] | None = None
+) -> tuple[float, int]:
     """The same steps without Lightning: forward, BCE, backward, Adam, on the module's device;
-    under bf16 autocast where ``precision`` is Lightning's ``bf16-mixed``."""
+    under bf16 autocast where ``precision`` is Lightning's ``bf16-mixed``. Each step's wall
+    time (batch to device .. optimizer step, as ``EpochTimer`` times Lightning's) goes to
+    ``steps``."""
     module.train()
     device = next(module.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled="bf16" in precision)
     images, start = 0, time.perf_counter()
     for batch in loader:
+        step_start = time.perf_counter()
         image, mask = batch["image"].to(device), batch["mask"].to(device)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
@@ -60,6 +71,8 @@ def plain_epoch(module, loader, optimizer, precision: str = "32-true") -> tuple[
             loss = module.loss(logits, mask) + extra
         loss.backward()
         optimizer.step()
+        if steps is not None:
+            steps.append(time.perf_counter() - step_start)
         images += len(image)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -73,22 +86,29 @@ def trainer_device(cfg) -> torch.device:
     return torch.device("cuda" if gpu and torch.cuda.is_available() else "cpu")
 
 
-def lightning_epoch(cfg, module, datamodule, phase, index) -> tuple[float, int]:
-    """A fresh phase fit of two epochs; the second (steady-state) epoch is timed."""
+def lightning_epoch(
+    cfg, module, datamodule, phase, index, steps: list[float] | None = None
+) -> tuple[float, int]:
+    """A fresh phase fit of two epochs; the second (steady-state) epoch is timed, and its
+    steps' wall times go to ``steps``."""
     with tempfile.TemporaryDirectory() as run_dir:
         timer = EpochTimer()
         loggers = [instantiate(c, save_dir=run_dir) for c in cfg.logger.values()]
         two_epochs = dataclasses.replace(phase, max_epochs=2, min_epochs=2)
         run_phase(cfg, two_epochs, index, module, datamodule, Path(run_dir), loggers,
                   extra_callbacks=[timer], test=False)  # fmt: skip
+        if steps is not None:
+            steps += timer.batch_seconds[1]
         return timer.seconds[1], timer.images
 
 
-def plain_phase_epoch(module, loader, precision: str = "32-true") -> tuple[float, int]:
+def plain_phase_epoch(
+    module, loader, precision: str = "32-true", steps: list[float] | None = None
+) -> tuple[float, int]:
     """The plain loop's equivalent: a fresh Adam, two epochs, the second one timed."""
     optimizer = module.configure_optimizers()
     plain_epoch(module, loader, optimizer, precision)
-    return plain_epoch(module, loader, optimizer, precision)
+    return plain_epoch(module, loader, optimizer, precision, steps)
 
 
 def phase_setup(cfg) -> tuple[list, Any, dict]:
@@ -113,15 +133,17 @@ def compare_phase(cfg, phase_index: int, repeats: int) -> dict[str, Any]:
     precision = str(cfg.trainer.get("precision", "32-true"))
     loader = datamodule.train_dataloader()
     framework, plain = [], []
+    framework_steps: list[float] = []
+    plain_steps: list[float] = []
     for repeat in range(repeats):  # alternate which goes first, so drift hits both alike
         for which in ("framework", "plain") if repeat % 2 == 0 else ("plain", "framework"):
             if which == "framework":
                 seconds, images = lightning_epoch(
-                    cfg, framework_module, datamodule, phase, phase_index
+                    cfg, framework_module, datamodule, phase, phase_index, framework_steps
                 )
                 framework.append(images / seconds)
             else:
-                seconds, images = plain_phase_epoch(plain_module, loader, precision)
+                seconds, images = plain_phase_epoch(plain_module, loader, precision, plain_steps)
                 plain.append(images / seconds)
     return {
         "phase": phase.name,
@@ -131,6 +153,11 @@ def compare_phase(cfg, phase_index: int, repeats: int) -> dict[str, Any]:
         "ratio": statistics.median(f / p for f, p in zip(framework, plain, strict=True)),
         "framework_runs": framework,
         "plain_runs": plain,
+        # the median step over every steady epoch's steps: a spike of the shared machine
+        # moves one step, not the figure (a per-epoch ratio moves with every spike in it)
+        "step_ratio": statistics.median(plain_steps) / statistics.median(framework_steps),
+        "framework_step_ms": 1000 * statistics.median(framework_steps),
+        "plain_step_ms": 1000 * statistics.median(plain_steps),
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -146,10 +173,13 @@ def phase2_cost_vs_phase3(cfg, repeats: int) -> dict[str, Any]:
     """
     phases, datamodule, modules = phase_setup(cfg)
     rates: dict[int, list[float]] = {1: [], 2: []}
+    steps: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(repeats):
         for index in rates:
             phase = phases[index]
-            seconds, images = lightning_epoch(cfg, modules[phase.module], datamodule, phase, index)
+            seconds, images = lightning_epoch(
+                cfg, modules[phase.module], datamodule, phase, index, steps[index]
+            )
             rates[index].append(images / seconds)
     enhance, finetune = (statistics.median(rates[i]) for i in (1, 2))
     return {
@@ -157,6 +187,8 @@ def phase2_cost_vs_phase3(cfg, repeats: int) -> dict[str, Any]:
         "phase2_images_per_s": enhance,
         "phase3_images_per_s": finetune,
         "phase2_cost_vs_phase3": finetune / enhance,
+        # the same share from the median step of each phase (robust to the machine's spikes)
+        "phase2_step_cost_vs_phase3": statistics.median(steps[1]) / statistics.median(steps[2]),
     }
 
 

@@ -45,6 +45,9 @@ def test_times_all_three_phases_on_both_sides(toy_report) -> None:
         assert row["framework_images_per_s"] > 0 and row["plain_images_per_s"] > 0
         assert len(row["framework_runs"]) == len(row["plain_runs"]) == 1
         assert row["ratio"] == pytest.approx(row["framework_runs"][0] / row["plain_runs"][0])
+        # the median step of each side: one step per batch of the steady epoch (2 here)
+        assert row["framework_step_ms"] > 0 and row["plain_step_ms"] > 0
+        assert row["step_ratio"] == pytest.approx(row["plain_step_ms"] / row["framework_step_ms"])
 
 
 def test_phase_cost_per_backbone_beside_its_kernel_floor(toy_report) -> None:
@@ -80,3 +83,21 @@ def test_a_second_run_adds_a_result_and_keeps_the_first(toy_report) -> None:
 def test_result_names_never_collide(tmp_path: Path) -> None:
     (tmp_path / "2026-01-01_00-00-00.json").write_text("{}")
     assert run.new_result_path(tmp_path, "2026-01-01_00-00-00").name == "2026-01-01_00-00-00-1.json"
+
+
+def test_the_profile_splits_a_steady_epoch_into_loop_work_and_framework_hooks(tmp_path) -> None:
+    from benchmarks import profile_phases
+
+    rows = profile_phases.main(["--set", *TOY, "--out-dir", str(tmp_path)])
+    assert [row["phase"] for row in rows] == ["stage1", "enhance", "finetune"]
+    for row in rows:
+        assert row["batches"] == 2  # 8 images in batches of 4
+        work = row["loop_work_s"]
+        assert any(name.endswith("training_step") for name in work)
+        assert any(name.endswith("optimizer_step") for name in work)
+        # every hook of the framework is named, and together they fit inside the epoch
+        assert row["top_hooks_s"] and all(name.startswith("[") for name in row["top_hooks_s"])
+        assert 0 < row["hooks_s"] < row["epoch_s"]
+        assert row["step_s"] < row["epoch_s"]
+    (written,) = tmp_path.glob("profile-*.json")
+    assert json.loads(written.read_text())["phases"] == json.loads(json.dumps(rows))

@@ -43,6 +43,10 @@ def test_a_checkpoint_from_the_flat_layout_loads_and_predicts(tmp_path, caplog):
     # written before checkpoints stored model.mpp: loads, fed at the input's own resolution
     assert "stores no pixel size" in caplog.text and module.mpp is None
     assert module.input_pixels_per_model_pixel == 1.0
+    # written before output channels were stored: the paper's binary model, post-processed
+    # by the distance-transform watershed as before
+    assert "channels" not in stored["model"] and module.channels == ("nucleus",)
+    assert module.instance_settings.channels == ("nucleus",)
     for name, tensor in module.state_dict().items():
         assert torch.equal(tensor, weights[name]), name
     image = torch.from_numpy(np.random.default_rng(0).random((1, 3, 48, 40), dtype=np.float32))

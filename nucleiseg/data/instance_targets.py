@@ -1,6 +1,6 @@
 """Instance-aware training targets drawn from an instance map: what separates touching nuclei.
 
-Channel names (``output.channels``, conf/output/):
+Channel names (``output_kind.channels``, conf/output_kind/):
 
 - ``nucleus``: nuclear pixels (the paper's binary target);
 - ``contour``: each nucleus's boundary pixels (scikit-image ``find_boundaries``, ``inner``
@@ -28,7 +28,7 @@ def check_channels(channels: Sequence[str]) -> tuple[str, ...]:
     unknown = [c for c in channels if c not in CHANNELS]
     if unknown or not channels or channels[0] != "nucleus" or len(set(channels)) < len(channels):
         raise ValueError(
-            f"output.channels must start with 'nucleus' and name each of {CHANNELS} at most "
+            f"output_kind.channels must start with 'nucleus' and name each of {CHANNELS} at most "
             f"once; got {list(channels)}"
         )
     return channels

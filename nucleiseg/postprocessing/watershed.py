@@ -6,7 +6,7 @@ usual post-processing for binary nuclei maps. Markers are its local maxima at le
 that rise at least ``h`` pixels above their surroundings, so an elongated nucleus with a
 flat ridge is not over-split).
 
-Instance-aware models (``output=contour|distance``) also predict what separates nuclei; their
+Instance-aware models (``output_kind=contour|distance``) also predict what separates nuclei; their
 maps (C, H, W) go to :func:`instances_from_maps`: markers are the connected regions where the
 marker map (nucleus x (1 - contour), or the predicted distance) reaches
 ``marker_threshold``, grown by a watershed on that map into the thresholded nucleus map.
@@ -33,7 +33,7 @@ class InstanceSettings:
     markers: str = "peaks"  # "peaks" (min_distance apart) or "h_maxima" (depth h)
     h: float = 1.0  # h-maxima depth in pixels of the distance transform
     marker_threshold: float = 0.5  # instance-aware outputs: marker map level of a marker
-    # what the maps' channels are (the model's output.channels; set by the module)
+    # what the maps' channels are (the model's output_kind.channels; set by the module)
     channels: tuple[str, ...] = ("nucleus",)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,4 @@
-"""Instance-aware outputs (output=contour|distance): targets, masked losses, post-processing
+"""Instance-aware outputs (output_kind=contour|distance): targets, masked losses, post-processing
 that splits what binary + watershed merges, and a trained model through every command."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_channels_are_checked_by_name():
     from hydra.errors import InstantiationException
 
     with pytest.raises((ValueError, InstantiationException), match="must start with 'nucleus'"):
-        compose_and_build(["output=contour", "model.channels=[contour,nucleus]"])
+        compose_and_build(["output_kind=contour", "model.channels=[contour,nucleus]"])
 
 
 def compose_and_build(overrides: list[str]):
@@ -98,7 +98,7 @@ def compose_and_build(overrides: list[str]):
 
 
 def test_networks_follow_the_channels_and_the_enhancer_reads_all_of_them():
-    modules = compose_and_build(["output=distance"])
+    modules = compose_and_build(["output_kind=distance"])
     two_stage = modules["two_stage"]
     assert two_stage.enhancer.in_channels == 5 and two_stage.channels == ("nucleus", "distance")
     with torch.no_grad():
@@ -114,7 +114,7 @@ def contour_run(tmp_path_factory):
     from nucleiseg.training.orchestration import train
 
     run_dir = tmp_path_factory.mktemp("contour_run")
-    return run_dir, train(compose_config(smoke_overrides("output=contour"), run_dir))
+    return run_dir, train(compose_config(smoke_overrides("output_kind=contour"), run_dir))
 
 
 def test_a_contour_model_trains_and_every_command_uses_its_channels(contour_run, tmp_path):

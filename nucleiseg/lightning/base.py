@@ -21,8 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nucleiseg.data.instance_targets import check_channels
-from nucleiseg.lightning.output_losses import output_loss
+from nucleiseg.lightning.output_losses import known_channels, output_loss
 from nucleiseg.lightning.phases import Phase
 from nucleiseg.metrics.objects import MissedNuclei, NucleusMetrics
 from nucleiseg.metrics.per_image import PerImageScores
@@ -56,8 +55,8 @@ class SegmentationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.scheduler_factory = scheduler
-        # what the networks output (conf/output/): "nucleus" first, then instance-aware maps
-        self.channels = check_channels(channels)
+        # what the networks output (conf/output_kind/): "nucleus" first, then instance-aware maps
+        self.channels = known_channels(channels)
         self.loss_weights = dict(loss_weights or {})
         settings = {**(postprocess or {"threshold": threshold}), "channels": self.channels}
         self.instance_settings = InstanceSettings(**settings)

@@ -39,6 +39,19 @@ CHANNEL_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] 
 }
 
 
+def known_channels(channels: Sequence[str]) -> tuple[str, ...]:
+    """The channels, checked against the losses this module has: ``nucleus`` first, then
+    channels with a loss in ``CHANNEL_LOSSES``, none twice."""
+    channels = tuple(channels)
+    known = channels[:1] == ("nucleus",) and all(c in CHANNEL_LOSSES for c in channels[1:])
+    if not known or len(set(channels)) < len(channels):
+        raise ValueError(
+            f"output_kind.channels must start with 'nucleus', followed by any of "
+            f"{sorted(CHANNEL_LOSSES)} at most once; got {list(channels)}"
+        )
+    return channels
+
+
 def output_loss(
     logits: torch.Tensor,
     target: torch.Tensor,

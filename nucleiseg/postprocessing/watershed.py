@@ -57,14 +57,30 @@ class InstanceSettings:
         )
 
 
-def instances_from_mask(mask: np.ndarray, settings: InstanceSettings | None = None) -> np.ndarray:
-    """Int32 instance map from a binary mask; touching nuclei split by watershed."""
-    settings = settings or InstanceSettings()
-    mask = np.asarray(mask, bool)
+def cleaned_mask(mask: np.ndarray, settings: InstanceSettings) -> np.ndarray:
+    """The thresholded nucleus mask with holes filled and objects under ``min_size`` dropped."""
     if settings.fill_holes:
         mask = ndimage.binary_fill_holes(mask)
     if settings.min_size > 0:
         mask = remove_small_objects(mask, max_size=settings.min_size - 1)
+    return mask
+
+
+def filled_watershed(height: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Int32 labels: ``markers`` grown over ``-height`` within ``mask``; the parts of the mask
+    no marker reaches (tiny plateaus, nuclei without a marker) keep labels of their own."""
+    labels = watershed(-height, markers, mask=mask)
+    missing = (labels == 0) & mask
+    if missing.any():
+        extra, _ = ndimage.label(missing)
+        labels[missing] = extra[missing] + labels.max()
+    return labels.astype(np.int32)
+
+
+def instances_from_mask(mask: np.ndarray, settings: InstanceSettings | None = None) -> np.ndarray:
+    """Int32 instance map from a binary mask; touching nuclei split by watershed."""
+    settings = settings or InstanceSettings()
+    mask = cleaned_mask(np.asarray(mask, bool), settings)
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
     distance = ndimage.distance_transform_edt(mask)
@@ -81,13 +97,7 @@ def instances_from_mask(mask: np.ndarray, settings: InstanceSettings | None = No
         )
         markers = np.zeros(mask.shape, np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-    labels = watershed(-distance, markers, mask=mask)
-    # components without a peak (tiny plateaus) keep their own label
-    missing = (labels == 0) & mask
-    if missing.any():
-        extra, count = ndimage.label(missing)
-        labels[missing] = extra[missing] + labels.max()
-    return labels.astype(np.int32)
+    return filled_watershed(distance, markers, mask)
 
 
 def nucleus_probability(maps: np.ndarray) -> np.ndarray:
@@ -105,21 +115,12 @@ def marker_map(maps: np.ndarray, channels: tuple[str, ...]) -> np.ndarray:
 
 def instances_from_maps(maps: np.ndarray, settings: InstanceSettings) -> np.ndarray:
     """Int32 instance map from an instance-aware model's maps (C, H, W)."""
-    mask = maps[0] >= settings.threshold
-    if settings.fill_holes:
-        mask = ndimage.binary_fill_holes(mask)
-    if settings.min_size > 0:
-        mask = remove_small_objects(mask, max_size=settings.min_size - 1)
+    mask = cleaned_mask(maps[0] >= settings.threshold, settings)
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
     elevation = marker_map(maps, settings.channels)
     markers, _ = ndimage.label((elevation >= settings.marker_threshold) & mask)
-    labels = watershed(-elevation, markers, mask=mask)
-    missing = (labels == 0) & mask  # nuclei without a marker keep their own label
-    if missing.any():
-        extra, _ = ndimage.label(missing)
-        labels[missing] = extra[missing] + labels.max()
-    return labels.astype(np.int32)
+    return filled_watershed(elevation, markers, mask)
 
 
 def instances_from_probability(

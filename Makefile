@@ -12,8 +12,10 @@ TNBC_ROOT ?= $(DATA)/TNBC_NucleiSegmentation
 CONSEP_ROOT ?= $(DATA)/consep
 CONSEP_RUN ?= outputs/consep_cpu
 MPP ?= 0.25
+GENERALIST_RUN ?= outputs/generalist_cpu
+ROWS ?= matrix
 
-.PHONY: help install test lint format train smoke sweep paper report bench gpu-check study tnbc-cpu consep-cpu clean
+.PHONY: help install test lint format train smoke sweep paper report bench gpu-check study tnbc-cpu consep-cpu generalist generalization clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -69,6 +71,15 @@ consep-cpu:  ## CoNSeP on a 2-core CPU: train at MPP (0.25: its native 40x; 0.5:
 	$(PYTHON) -m nucleiseg.train experiment=consep_cpu dataset.root=$(CONSEP_ROOT) model.mpp=$(MPP) paths.output_dir=$(CONSEP_RUN) $(ARGS)
 	$(PYTHON) -m nucleiseg.tune_postprocess experiment=consep_cpu dataset.root=$(CONSEP_ROOT) ckpt=$(CONSEP_RUN)/checkpoints/finetune/best.ckpt paths.output_dir=$(CONSEP_RUN)/tuning $(ARGS) $(TUNE_ARGS)
 	$(PYTHON) -m nucleiseg.evaluate experiment=consep_cpu dataset.root=$(CONSEP_ROOT) ckpt=$(CONSEP_RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(CONSEP_RUN)/eval_test trainer.precision=32-true $(ARGS)
+
+generalist:  ## a model for slides of other labs: TNBC + CoNSeP, robust augmentation, contours; train, tune on both validation splits, score each test split (DATA=data, GENERALIST_RUN=outputs/generalist_cpu)
+	$(PYTHON) -m nucleiseg.train experiment=generalist_cpu paths.data_dir=$(DATA) paths.output_dir=$(GENERALIST_RUN) $(ARGS)
+	$(PYTHON) -m nucleiseg.tune_postprocess experiment=generalist_cpu paths.data_dir=$(DATA) ckpt=$(GENERALIST_RUN)/checkpoints/finetune/best.ckpt paths.output_dir=$(GENERALIST_RUN)/tuning $(ARGS) $(TUNE_ARGS)
+	$(PYTHON) -m nucleiseg.evaluate dataset=tnbc dataset.root=$(TNBC_ROOT) ckpt=$(GENERALIST_RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(GENERALIST_RUN)/eval_tnbc trainer.precision=32-true
+	$(PYTHON) -m nucleiseg.evaluate dataset=consep dataset.root=$(CONSEP_ROOT) ckpt=$(GENERALIST_RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(GENERALIST_RUN)/eval_consep trainer.precision=32-true
+
+generalization:  ## the generalization matrix: each source alone and the mix, scored on every source (DATA=data, ROWS=matrix or loso_tnbc, ARGS="extra_test=[my/folder]"); resumable
+	$(PYTHON) -m nucleiseg.generalization data_dir=$(DATA) rows=$(ROWS) $(ARGS)
 
 bench:  ## benchmarks: framework vs plain loop, phases, loader, tiled inference, start-up
 	$(PYTHON) -m benchmarks.run

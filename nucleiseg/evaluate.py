@@ -1,10 +1,10 @@
 """Entry point: ``python -m nucleiseg.evaluate ckpt=... dataset=tnbc dataset.root=...``.
 
-Scores a trained checkpoint on a dataset's test split (or, with ``whole_dataset=true``, on
-every image) at the images' own pixel grid (``input_mpp``, default the dataset's ``mpp``:
-they are resampled to the model's and its outputs back) and writes ``results.json`` with
-the same ``test`` block as a training run: pixel metrics, nucleus-level metrics and, for a
-two-stage model, stage 1 beside it.
+Scores a trained checkpoint on a dataset's test split (``split=val``: its validation split,
+to choose between models; ``whole_dataset=true``: every image) at the images' own pixel
+grid (``input_mpp``, default the dataset's ``mpp``: they are resampled to the model's and
+its outputs back) and writes ``results.json`` with the same ``test`` block as a training
+run: pixel metrics, nucleus-level metrics and, for a two-stage model, stage 1 beside it.
 """
 
 from __future__ import annotations
@@ -19,12 +19,19 @@ from omegaconf import DictConfig
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
-    from nucleiseg.data.whole import WholeDataset
+    from nucleiseg.data.whole import SplitAsTest, WholeDataset
     from nucleiseg.files.atomic import write_json_atomic
     from nucleiseg.inference.loading import apply_input_mpp, load_model
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if "sources" in cfg.dataset:
+        raise ValueError(
+            f"evaluate scores one dataset at a time, and dataset={cfg.dataset.name} is a mix: "
+            f"score each source (dataset=<{'|'.join(cfg.dataset.sources)}>) or "
+            "run python -m nucleiseg.generalization for every source at once"
+        )
+    split = "all" if cfg.whole_dataset else str(cfg.get("split") or "test")
     module, output = load_model(cfg.ckpt)
     module.phase = "evaluate"
     input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
@@ -32,14 +39,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.dataset.datamodule, split_output=None, model_mpp=None,
                              channels=list(module.channels))  # fmt: skip
     datamodule.set_stain_normalizer(module.stain_normalizer)  # as the model was trained
-    if cfg.whole_dataset:
+    if split == "all":
         datamodule.source = WholeDataset(datamodule.source)
+    elif split != "test":
+        datamodule.source = SplitAsTest(datamodule.source, split)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], default_root_dir=str(run_dir))
     trainer.test(module, datamodule=datamodule, verbose=False)
     results = {
         "checkpoint": str(Path(cfg.ckpt).resolve()),
         "dataset": cfg.dataset.name,
-        "split": "all" if cfg.whole_dataset else "test",
+        "split": split,
         "images": len(datamodule.samples["test"]),
         "output": output,
         "input_mpp": input_mpp,

@@ -25,7 +25,10 @@ ALLOWED = {
     "wsi": {"files", "data", "models", "postprocessing"},
     "analysis": {"files", "viz"},
 }  # fmt: skip
-ENTRY_POINTS = {"train", "predict", "evaluate", "export", "tune_postprocess", "report", "study"}
+ENTRY_POINTS = {
+    "train", "predict", "evaluate", "export", "tune_postprocess", "report", "study",
+    "generalization",
+}  # fmt: skip
 
 
 def nucleiseg_imports(path: Path) -> set[str]:

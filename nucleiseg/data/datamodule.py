@@ -55,10 +55,17 @@ def seed_training_worker(worker_id: int) -> None:
     rank = rank_zero_only.rank  # inherited from the rank process that started this worker
     pl_worker_init_function(worker_id, rank)  # numpy, random and torch, as Lightning does
     info = get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info is not None else None
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        seed = np.random.SeedSequence([info.seed, rank]).generate_state(1)[0]
-        transform.set_random_seed(int(seed))
+    if info is None:
+        return
+    # one pipeline per dataset; a mix of sources (nucleiseg.data.mix) has one per source
+    transforms = getattr(info.dataset, "transforms", None) or [
+        getattr(info.dataset, "transform", None)
+    ]
+    for number, transform in enumerate(transforms):
+        if transform is not None and hasattr(transform, "set_random_seed"):
+            entropy = [info.seed, rank] + ([number] if number else [])
+            seed = np.random.SeedSequence(entropy).generate_state(1)[0]
+            transform.set_random_seed(int(seed))
 
 
 class NucleiSource(Protocol):
@@ -146,17 +153,16 @@ class NucleiDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
+        self.crop_size = crop_size
         crop = (  # train on random crops; evaluate on whole images
             A.RandomCrop(crop_size, crop_size, pad_if_needed=True, border_mode=4)
             if crop_size
             else None
         )
-        steps = [t for t in (crop, train_transform, stain_transform) if t is not None]
-        if len(steps) > 1 or crop is not None:
-            # the outer Compose reseeds everything inside it: keep the configured seed
-            seed = getattr(train_transform, "seed", None)
-            train_transform = A.Compose(steps, seed=seed)
         self.train_transform = train_transform
+        for step in (crop, stain_transform):
+            if step is not None:
+                self.add_train_transform(step, first=step is crop)
         self.split_output = split_output
         self.train_repeats = train_repeats
         self.eval_transform = eval_transform
@@ -168,6 +174,14 @@ class NucleiDataModule(L.LightningDataModule):
         self.train_generator.manual_seed(torch.initial_seed())
         self.samples: dict[str, SplitSamples] = {}
         self.stain_normalizer: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def add_train_transform(self, transform: A.BasicTransform, first: bool = False) -> None:
+        """Add ``transform`` to the training augmentation, after it (``first``: before)."""
+        current = self.train_transform
+        steps = [transform, current] if first else [current, transform]
+        # the outer Compose reseeds everything inside it: keep the configured seed
+        seed = getattr(current, "seed", None)
+        self.train_transform = A.Compose([s for s in steps if s is not None], seed=seed)
 
     def set_stain_normalizer(self, normalize: Callable[[np.ndarray], np.ndarray] | None) -> None:
         """Stain-normalise every whole image (once, before crops and augmentation) with
@@ -231,8 +245,8 @@ class NucleiDataModule(L.LightningDataModule):
             return 1
         return self.eval_batch_size
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.dataset(split)
+    def _loader(self, split: str, shuffle: bool, dataset: Dataset | None = None) -> DataLoader:
+        dataset = dataset if dataset is not None else self.dataset(split)
         sampler = None
         if (
             split != "train"

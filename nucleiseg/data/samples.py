@@ -40,3 +40,23 @@ class SplitSamples:
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+def concatenated(
+    parts: Sequence[SplitSamples], prefixes: Sequence[str] | None = None
+) -> SplitSamples:
+    """One split holding every sample of ``parts`` in order (names prefixed ``<prefix>/``
+    where ``prefixes`` are given); it has true instances only where every part has them."""
+    prefixes = prefixes or [""] * len(parts)
+    has_types = all(p.types is not None for p in parts)
+    return SplitSamples(
+        images=[image for p in parts for image in p.images],
+        instances=[inst for p in parts for inst in p.instances],
+        names=[
+            f"{pre}/{n}" if pre else n
+            for p, pre in zip(parts, prefixes, strict=True)
+            for n in p.names
+        ],  # fmt: skip
+        types=[t for p in parts for t in p.types] if has_types else None,
+        true_instances=all(p.true_instances for p in parts),
+    )

@@ -1,8 +1,9 @@
-"""Score a model on every image of a dataset: all of its splits served as the test split."""
+"""Score a model on another split than the test split: every image of a dataset
+(``WholeDataset``) or one other split (``SplitAsTest``), served as the test split."""
 
 from __future__ import annotations
 
-from nucleiseg.data.samples import SplitSamples
+from nucleiseg.data.samples import SplitSamples, concatenated
 from nucleiseg.data.splits import SPLITS
 
 
@@ -13,15 +14,17 @@ class WholeDataset:
         self.source = source
 
     def split(self, name: str) -> SplitSamples:
-        parts = [self.source.split(s) for s in SPLITS]
-        return SplitSamples(
-            images=[im for p in parts for im in p.images],
-            instances=[inst for p in parts for inst in p.instances],
-            names=[n for p in parts for n in p.names],
-            types=(
-                [t for p in parts for t in p.types]
-                if all(p.types is not None for p in parts)
-                else None
-            ),
-            true_instances=all(p.true_instances for p in parts),
-        )
+        return concatenated([self.source.split(s) for s in SPLITS])
+
+
+class SplitAsTest:
+    """Wraps a source so that ``split("test")`` holds its ``split`` (e.g. ``val``: a model
+    chosen on another source's validation split, never on its test split)."""
+
+    def __init__(self, source, split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split={split!r} is not a split; choose from {SPLITS} or all")
+        self.source, self.served = source, split
+
+    def split(self, name: str) -> SplitSamples:
+        return self.source.split(self.served)

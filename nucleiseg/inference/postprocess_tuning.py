@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nucleiseg.files.atomic import write_atomic
 
@@ -49,11 +49,13 @@ def validation_probabilities(module, output: str, datamodule) -> tuple[list, lis
     ``eval_transform``, whole images, batched alike) and the module's own forward (its
     padding), so the settings are tuned on exactly what evaluation post-processes."""
     probs, truths = [], []
-    for batch in datamodule.val_dataloader():
-        logits = module(batch["image"].to(module.device))[output]
-        maps = torch.sigmoid(logits).float().cpu().numpy()  # (N, C, H, W)
-        probs += [m[0] if len(m) == 1 else m for m in maps]
-        truths += list(batch["instances"].numpy())
+    loaders = datamodule.val_dataloader()
+    for loader in loaders if isinstance(loaders, list) else [loaders]:  # a mix: per source
+        for batch in loader:
+            logits = module(batch["image"].to(module.device))[output]
+            maps = torch.sigmoid(logits).float().cpu().numpy()  # (N, C, H, W)
+            probs += [m[0] if len(m) == 1 else m for m in maps]
+            truths += list(batch["instances"].numpy())
     return probs, truths
 
 
@@ -133,10 +135,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     checkpoint = Path(cfg.ckpt)
     module, output = load_model(checkpoint)
-    input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
-    # at the data's own grid, as evaluate scores: the module resamples to the model's and back
-    datamodule = instantiate(cfg.dataset.datamodule, split_output=None, model_mpp=None,
-                             channels=list(module.channels))  # fmt: skip
+    if "sources" in cfg.dataset:
+        # a mix (dataset=mix): its sources differ in pixel size, so every validation split
+        # is resampled to the model's grid (as in training) and tuned there, pooled
+        with open_dict(cfg):
+            cfg.model.mpp, cfg.model.channels = module.mpp, list(module.channels)
+        input_mpp = apply_input_mpp(module, module.mpp)
+        datamodule = instantiate(cfg.dataset.datamodule, split_dir=None)
+    else:
+        input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
+        # at the data's own grid, as evaluate scores: the module resamples to the model's
+        datamodule = instantiate(cfg.dataset.datamodule, split_output=None, model_mpp=None,
+                                 channels=list(module.channels))  # fmt: skip
     datamodule.set_stain_normalizer(module.stain_normalizer)  # as the model was trained
     datamodule.setup("validate")
     probs, truths = validation_probabilities(module, output, datamodule)

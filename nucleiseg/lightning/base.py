@@ -20,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
+from torchmetrics import MeanMetric
 
 from nucleiseg.lightning.output_losses import known_channels, output_loss
 from nucleiseg.lightning.phases import Phase
@@ -87,6 +88,42 @@ class SegmentationModule(L.LightningModule):
         self.object_metrics = nn.ModuleDict({o: NucleusMetrics() for o in self.outputs})
         self.missed_nuclei = MissedNuclei() if len(self.outputs) > 1 else None
         self.per_image = nn.ModuleDict({o: PerImageScores(threshold) for o in self.outputs})
+        self.threshold = threshold
+        # several sources (dataset=mix): their names in loader order and sampling weights,
+        # with metrics of their own (configure_sources); empty for one dataset
+        self.source_weights: dict[str, float] = {}
+        self.source_metrics = nn.ModuleDict()
+
+    # -- several sources (dataset=mix) ----------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Metrics per source when the datamodule has several (before Lightning moves the
+        module to its device, so they move with it)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        self.configure_sources(getattr(datamodule, "source_weights", None) or {})
+
+    def configure_sources(self, weights: Mapping[str, float]) -> None:
+        """Evaluate each of several sources apart: ``weights`` (source name -> sampling weight,
+        in the order of the evaluation loaders) get their own pixel and nucleus metrics and a
+        mean loss, and the validation loss that early stopping watches is their weighted
+        mean. One source (or none) keeps the single set of metrics."""
+        weights = dict(weights) if len(weights) > 1 else {}
+        if weights == self.source_weights:
+            return
+        self.source_weights = weights
+        metrics: dict[str, nn.Module] = {}
+        for source in weights:
+            for split in EVAL_SPLITS:
+                metrics[f"{split}_{source}_loss"] = MeanMetric()
+                for output in self.outputs:
+                    metrics[f"{split}_{source}_{output}"] = pixel_metrics(self.threshold)
+            for output in self.outputs:
+                metrics[f"objects_{source}_{output}"] = NucleusMetrics()
+        self.source_metrics = nn.ModuleDict(metrics).to(self.device)
+
+    def _source_of(self, split: str, dataloader_idx: int) -> str | None:
+        if split not in EVAL_SPLITS or not self.source_weights:
+            return None
+        return list(self.source_weights)[dataloader_idx]
 
     # -- to implement ---------------------------------------------------------------------
     @property
@@ -177,32 +214,43 @@ class SegmentationModule(L.LightningModule):
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         return self._outputs_at_input_grid(image)
 
-    def _shared_step(self, batch: dict[str, Any], split: str) -> torch.Tensor:
+    def _shared_step(
+        self, batch: dict[str, Any], split: str, dataloader_idx: int = 0
+    ) -> torch.Tensor:
         image, target = batch["image"], batch.get("targets", batch["mask"])
         if split == "train":
             logits, extra_loss = self.compute_outputs(image, target)
         else:
             logits, extra_loss = self._outputs_at_input_grid(image), 0.0
         loss = self.loss(logits, target, batch.get("instance_weight")) + extra_loss
+        source = self._source_of(split, dataloader_idx)
+        # several sources: each its own loss; the pooled one is logged at the epoch's end
+        key = f"{self.phase}/{split}/{source}/loss" if source else f"{self.phase}/{split}/loss"
         self.log(
-            f"{self.phase}/{split}/loss",
+            key,
             loss,
             on_step=False,
             on_epoch=True,
             prog_bar=split != "test",
             batch_size=image.shape[0],
             sync_dist=True,
+            add_dataloader_idx=False,
         )
+        if source:
+            self.source_metrics[f"{split}_{source}_loss"].update(loss.detach(), image.shape[0])
         if split in EVAL_SPLITS:
             for output, value in logits.items():
                 nucleus = torch.sigmoid(value[:, :1])  # pixel metrics: the nucleus channel
-                self.metrics[f"{split}_{output}"].update(nucleus, batch["mask"].int())
+                mask = batch["mask"].int()
+                self.metrics[f"{split}_{output}"].update(nucleus, mask)
+                if source:
+                    self.source_metrics[f"{split}_{source}_{output}"].update(nucleus, mask)
         if split == "test" and "instances" in batch:
-            self._update_test_only_metrics(logits, batch)
+            self._update_test_only_metrics(logits, batch, source)
         return loss
 
     def _update_test_only_metrics(
-        self, logits: dict[str, torch.Tensor], batch: dict[str, Any]
+        self, logits: dict[str, torch.Tensor], batch: dict[str, Any], source: str | None = None
     ) -> None:
         """Nucleus-level metrics (watershed instances of each output) and per-image scores."""
         true = batch["instances"]
@@ -215,6 +263,8 @@ class SegmentationModule(L.LightningModule):
                 [instances_from_probability(m if len(m) > 1 else m[0], settings) for m in maps]
             )
             self.object_metrics[output].update(predicted[output], true)
+            if source:
+                self.source_metrics[f"objects_{source}_{output}"].update(predicted[output], true)
             self.per_image[output].update(
                 batch["index"], prob[:, :1], batch["mask"], predicted[output], true
             )
@@ -231,16 +281,20 @@ class SegmentationModule(L.LightningModule):
             )
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+    def validation_step(
+        self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._shared_step(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._shared_step(batch, "test", dataloader_idx)
 
     def _split_metrics(self, split: str) -> list[Any]:
         metrics = [self.metrics[f"{split}_{output}"] for output in self.outputs]
+        metrics += [m for k, m in self.source_metrics.items() if k.startswith(f"{split}_")]
         if split == "test":
             metrics += [*self.object_metrics.values(), *self.per_image.values()]
+            metrics += [m for k, m in self.source_metrics.items() if k.startswith("objects_")]
             metrics += [self.missed_nuclei] if self.missed_nuclei is not None else []
         return metrics
 
@@ -262,18 +316,41 @@ class SegmentationModule(L.LightningModule):
         if split == "test" and self.missed_nuclei is not None:
             missed = {k: int(v) for k, v in self.missed_nuclei.compute().items()}
             results["two_stage"]["nuclei_vs_stage1"] = missed
+        for output in self.outputs:  # several sources: a row of each under every output
+            if self.source_weights:
+                results[output]["sources"] = {
+                    s: self._source_results(split, s, output) for s in self.source_weights
+                }
         return results
+
+    def _source_results(self, split: str, source: str, output: str) -> dict[str, Any]:
+        summary: dict[str, Any] = summarise(
+            self.source_metrics[f"{split}_{source}_{output}"].compute()
+        )
+        if split == "test":
+            objects = self.source_metrics[f"objects_{source}_{output}"].compute()
+            summary["objects"] = {k: float(v) for k, v in objects.items()}
+        return summary
+
+    def _log_pooled_loss(self, split: str) -> None:
+        """The sources' mean losses, weighted as the sources are sampled: the loss of the
+        split that early stopping, checkpoints and the learning-rate schedule watch."""
+        losses = {s: self.source_metrics[f"{split}_{s}_loss"] for s in self.source_weights}
+        seen = {s: m for s, m in losses.items() if m.update_count > 0}
+        if not seen:
+            return
+        total = sum(self.source_weights[s] for s in seen)
+        pooled = sum(self.source_weights[s] * m.compute() for s, m in seen.items()) / total
+        self.log(f"{self.phase}/{split}/loss", pooled, prog_bar=split != "test", sync_dist=True)
 
     def _log_split_metrics(self, split: str) -> None:
         # already synced by torchmetrics: every rank holds the same value
+        if self.source_weights:
+            self._log_pooled_loss(split)
         for output, summary in self.split_results(split).items():
-            for name, value in summary.items():
-                if name == "objects":
-                    for key, number in value.items():
-                        key_name = f"{self.phase}/{split}/{output}/objects/{key}"
-                        self.log(key_name, number, sync_dist=True)
-                elif isinstance(value, float):
-                    self.log(f"{self.phase}/{split}/{output}/{name}", value, sync_dist=True)
+            rows = {"": summary, **{f"{s}/": r for s, r in summary.get("sources", {}).items()}}
+            for prefix, row in rows.items():
+                self._log_summary(f"{self.phase}/{split}/{prefix}{output}", row)
         if split == "val":
             val_loss = self.trainer.callback_metrics.get(f"{self.phase}/val/loss")
             if val_loss is not None and not torch.isfinite(val_loss):
@@ -284,6 +361,14 @@ class SegmentationModule(L.LightningModule):
             # one x-axis across phases (each phase's trainer restarts its step), and the phase
             self.log("epoch_total", float(self.epoch_offset + self.current_epoch), sync_dist=True)
             self.log("phase", float(self.phase_index), sync_dist=True)
+
+    def _log_summary(self, key: str, summary: dict[str, Any]) -> None:
+        for name, value in summary.items():
+            if name == "objects":
+                for metric, number in value.items():
+                    self.log(f"{key}/objects/{metric}", number, sync_dist=True)
+            elif isinstance(value, float):
+                self.log(f"{key}/{name}", value, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self._reset_split_metrics("val")

@@ -24,3 +24,45 @@ def test_stain_augmentation_changes_colours_and_never_the_mask():
     assert changed >= 4  # p=0.8 per image
     val_a, val_b = datamodule.dataset("val")[0], plain.dataset("val")[0]
     assert np.array_equal(val_a["image"].numpy(), val_b["image"].numpy())
+
+
+def robust_datasets(*levers: str):
+    """The smoke training and validation sets with +augmentation=robust and ``levers``, and
+    the same without it (same seed: the same crops and flips)."""
+    cfg = compose_config(smoke_overrides("+augmentation=robust", *levers))
+    robust = instantiate(cfg.dataset.datamodule)
+    plain = instantiate(compose_config(smoke_overrides()).dataset.datamodule)
+    for datamodule in (robust, plain):
+        datamodule.setup("fit")
+    return robust, plain
+
+
+def test_robust_appearance_levers_change_colours_of_training_images_only():
+    no_scale = "robustness.scale=0"
+    always = ["robustness.stain=1", "robustness.colour=1", "robustness.noise=1"]
+    robust, plain = robust_datasets(no_scale, *always)
+    for i in range(8):
+        a, b = robust.dataset("train")[i], plain.dataset("train")[i]
+        assert np.array_equal(a["instances"].numpy(), b["instances"].numpy())
+        assert not np.allclose(a["image"].numpy(), b["image"].numpy(), atol=2 / 255)
+    for split in ("val", "test"):
+        a, b = robust.dataset(split)[0], plain.dataset(split)[0]
+        assert np.array_equal(a["image"].numpy(), b["image"].numpy())
+
+
+def test_robust_scale_jitter_moves_masks_with_their_images():
+    only_scale = ["robustness.scale=1", "robustness.stain=0", "robustness.colour=0",
+                  "robustness.blur=0", "robustness.noise=0", "robustness.jpeg=0"]  # fmt: skip
+    robust, plain = robust_datasets(*only_scale)
+    areas = []
+    for i in range(8):
+        a, b = robust.dataset("train")[i], plain.dataset("train")[i]
+        mask = a["mask"][0].numpy() > 0
+        areas.append(mask.mean() / max((b["mask"][0].numpy() > 0).mean(), 1e-6))
+        darkness = 1 - a["image"].numpy().mean(0)  # nuclei are dark: the mask sits on them
+        if mask.any() and (~mask).any():
+            assert darkness[mask].mean() > darkness[~mask].mean() + 0.1
+    assert any(abs(r - 1) > 0.05 for r in areas)  # zoomed: the nuclei's share of the crop moved
+    for split in ("val", "test"):
+        a, b = robust.dataset(split)[0], plain.dataset(split)[0]
+        assert np.array_equal(a["instances"].numpy(), b["instances"].numpy())

@@ -1,0 +1,88 @@
+"""The generalization matrix: every training run scored on every test set, resumable."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+from omegaconf import OmegaConf
+
+from nucleiseg.analysis.generalization import generalization_call, plan
+
+from conftest import CONF_DIR
+
+TINY = ["experiment=smoke", "stage.max_epochs=1", "figures.test_images=0",
+        "trainer.enable_progress_bar=false"]  # fmt: skip
+SOURCE_B = ["dataset=synthetic", "dataset.split_seed=1", "dataset.mpp=1.0",
+            "dataset.datamodule.source.size=32"]  # fmt: skip
+
+
+def matrix_config(out, **changes):
+    cfg = OmegaConf.load(CONF_DIR / "generalization.yaml")
+    for key in ("hydra", "defaults"):
+        cfg.pop(key)
+    plan = {
+        "output_dir": str(out),
+        "train": {
+            "a": [*TINY, "dataset=synthetic"],
+            "b": [*TINY, *SOURCE_B],
+            "mix": [*TINY, "dataset=mix_synthetic"],
+        },  # fmt: skip
+        "test": {
+            "a": ["experiment=smoke", "dataset=synthetic"],
+            "b": ["experiment=smoke", *SOURCE_B],
+        },  # fmt: skip
+        "models": ["stage1", "two_stage"],
+    }
+    for key, value in {**plan, **changes}.items():  # assigned, not merged
+        cfg[key] = value
+    return cfg
+
+
+def test_the_plan_tunes_each_model_on_its_own_rows_data_before_scoring_it(tmp_path):
+    steps = plan(matrix_config(tmp_path, extra_test=[str(tmp_path / "lab_x")]))
+    assert len(steps) == 3 * (1 + 2 * (1 + 3))  # train; per model: tune, 3 test sets
+    tune = next(s for s in steps if s.name == "b: tune stage1")
+    assert "dataset.split_seed=1" in tune.args and any("stage1/best.ckpt" in a for a in tune.args)
+    scored = next(s for s in steps if s.name == "mix: two_stage on lab_x")
+    assert {"dataset=folder", "whole_dataset=true"} <= set(scored.args)
+    assert not any(a.startswith("split=") for a in scored.args)  # a folder: every image
+    with pytest.raises(ValueError, match="split='train'"):
+        plan(matrix_config(tmp_path, split="train"))
+
+
+@pytest.mark.slow
+def test_the_matrix_on_two_toy_sources_writes_every_cell_and_resumes_without_retraining(
+    tmp_path,
+):
+    # a source alone and the mix (the plan test covers every row and stage 1's tuning)
+    cfg = matrix_config(tmp_path, models=["two_stage"])
+    cfg.train.pop("b")
+    assert generalization_call(cfg) == 0
+    with (tmp_path / "matrix.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2  # training runs x test sets
+    for row in rows:
+        for key in ("dice", "aji", "pq", "det_f1"):
+            value = float(row[key])
+            assert 0.0 <= value <= 1.0 and not math.isnan(value), row
+    markdown = (tmp_path / "matrix.md").read_text()
+    assert "## two_stage: pixel Dice" in markdown and "| mix |" in markdown
+    assert "early_stopping" in markdown or "max_epochs" in markdown  # how each phase ended
+    assert (tmp_path / "matrix.png").stat().st_size > 0
+    # the mix's cell on b holds what evaluate wrote for it
+    scored = tmp_path / "runs" / "mix" / "eval" / "test" / "two_stage" / "b" / "results.json"
+    cell = next(r for r in rows if (r["train"], r["test"]) == ("mix", "b"))
+    assert float(cell["dice"]) == pytest.approx(
+        json.loads(scored.read_text())["test"]["two_stage"]["dice"]
+    )
+
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()}
+    assert generalization_call(cfg) == 0  # everything done: nothing runs again
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert progress["seconds_this_call"] == {} and progress["done"] == progress["steps"]
+    assert {
+        p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()
+    } == stamps

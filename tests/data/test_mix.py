@@ -1,0 +1,122 @@
+"""dataset=mix: several sources at the model's pixel size, drawn by weight, each validated
+and tested apart, the pooled validation loss weighted as they are drawn."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from nucleiseg.data.io import DatasetError
+
+from conftest import compose_config, shared_dataset
+
+MIX = ["experiment=smoke", "dataset=mix_synthetic", "trainer.enable_progress_bar=false"]
+
+
+def mix_datamodule(tmp_path, *extra: str):
+    cfg = compose_config([*MIX, *extra], tmp_path)
+    return instantiate(cfg.dataset.datamodule)
+
+
+def test_a_mix_resamples_each_source_to_the_model_pixel_size(tmp_path):
+    datamodule = mix_datamodule(tmp_path)
+    datamodule.setup("fit")
+    a, b = datamodule.members["a"], datamodule.members["b"]
+    assert (a.mpp, b.mpp, a.model_mpp, b.model_mpp) == (0.5, 1.0, 0.5, 0.5)
+    # b's 32 px images at 1 µm per pixel are 64 px at the model's 0.5
+    assert np.shape(b.samples["train"].images[0])[:2] == (64, 64)
+    assert np.shape(a.samples["train"].images[0])[:2] == (64, 64)
+    assert datamodule.samples["val"].names[:1] == ["a/synthetic_val_0000"]
+    assert datamodule.samples["val"].names[-1].startswith("b/")
+
+
+def test_training_batches_draw_both_sources_by_weight(tmp_path):
+    datamodule = mix_datamodule(tmp_path, "dataset.weights.b=3")
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    batch = next(iter(loader))
+    assert batch["image"].shape[1:] == (3, 64, 64)
+    size_a = len(datamodule.members["a"].dataset("train"))
+    draws = torch.tensor([i for _ in range(50) for i in loader.sampler])
+    share_b = float((draws >= size_a).float().mean())
+    assert share_b == pytest.approx(0.75, abs=0.03)  # weights 1 : 3, whatever the sizes
+
+
+def test_a_weight_for_a_source_the_mix_lacks_is_refused(tmp_path):
+    with pytest.raises(Exception, match=r"dataset.weights names \['c'\]") as info:
+        mix_datamodule(tmp_path, "+dataset.weights.c=1")
+    assert isinstance(info.value.__cause__ or info.value, DatasetError)
+
+
+def test_sources_with_different_crop_sizes_are_refused(tmp_path):
+    with pytest.raises(Exception, match="crops of one size"):
+        mix_datamodule(tmp_path, "dataset.sources.b.datamodule.crop_size=32")
+
+
+@pytest.fixture(scope="module")
+def mix_run(tmp_path_factory):
+    """A smoke run on the toy mix, source b drawn three times as often as a."""
+    from nucleiseg.training.orchestration import train
+
+    run_dir = tmp_path_factory.mktemp("mix_run")
+    cfg = compose_config([*MIX, "dataset.weights.b=3"], run_dir)
+    return run_dir, train(cfg)
+
+
+def metric_rows(run_dir) -> list[dict[str, str]]:
+    (path,) = run_dir.glob("csv/**/metrics.csv")
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_validation_is_logged_per_source_and_pooled_as_the_sources_are_drawn(mix_run):
+    run_dir, _ = mix_run
+    rows = [r for r in metric_rows(run_dir) if r.get("stage1/val/loss")]
+    assert rows, "no validation epoch logged"
+    for row in rows:
+        a, b = float(row["stage1/val/a/loss"]), float(row["stage1/val/b/loss"])
+        assert float(row["stage1/val/loss"]) == pytest.approx(0.25 * a + 0.75 * b, rel=1e-4)
+        assert row["stage1/val/a/stage1/dice"] != "" and row["stage1/val/b/stage1/dice"] != ""
+    assert any(float(r["stage1/val/a/loss"]) != float(r["stage1/val/b/loss"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_results_have_a_test_row_per_source_that_evaluate_reproduces(mix_run, tmp_path):
+    from nucleiseg.evaluate import evaluate
+
+    run_dir, results = mix_run
+    two_stage = results["test"]["two_stage"]
+    assert set(two_stage["sources"]) == {"a", "b"}
+    for row in two_stage["sources"].values():
+        assert {"dice", "precision", "recall", "iou"} <= set(row)
+        assert {"aji", "pq", "det_f1"} <= set(row["objects"])
+    assert len(results["test_images"]) == 8 and len(two_stage["per_image"]["dice"]) == 8
+    assert json.loads((run_dir / "results.json").read_text())["test"] == results["test"]
+    # source a alone, scored by evaluate at its own (the model's) grid: the same figures
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    alone = evaluate(compose_config([
+        "experiment=smoke", "dataset=synthetic", "dataset.datamodule.source.num_test=4",
+        f"+ckpt={ckpt}", "+whole_dataset=false",
+    ], tmp_path))  # fmt: skip
+    assert alone["test"]["two_stage"]["dice"] == pytest.approx(
+        two_stage["sources"]["a"]["dice"], abs=1e-6
+    )
+
+
+def test_the_generalist_mix_reads_tnbc_and_consep_split_by_their_own_rules(tmp_path):
+    data = shared_dataset("consep").parent
+    shared_dataset("TNBC_NucleiSegmentation")
+    cfg = compose_config(["experiment=generalist_cpu", f"paths.data_dir={data}"], tmp_path)
+    datamodule = instantiate(cfg.dataset.datamodule)
+    datamodule.setup("validate")
+    loaders = datamodule.val_dataloader()
+    assert [len(loader.dataset) for loader in loaders] == [10, 80]  # TNBC 10, CoNSeP 5 x 16
+    assert list(datamodule.source_weights) == ["tnbc", "consep"]
+    consep = datamodule.members["consep"].samples["val"].names
+    assert len({n.rsplit("_", 1)[0] for n in consep}) == 5  # whole source images

@@ -120,3 +120,23 @@ def test_the_generalist_mix_reads_tnbc_and_consep_split_by_their_own_rules(tmp_p
     assert list(datamodule.source_weights) == ["tnbc", "consep"]
     consep = datamodule.members["consep"].samples["val"].names
     assert len({n.rsplit("_", 1)[0] for n in consep}) == 5  # whole source images
+
+
+def test_a_resumed_mix_draws_the_batches_the_uninterrupted_one_draws(tmp_path):
+    """The sampling generator and every source's augmentation states travel in the
+    checkpoint (``state_dict``): a resumed run's next batch is the one it would have drawn."""
+    overrides = ["+augmentation=robust", "dataset.weights.b=2"]
+    first = mix_datamodule(tmp_path, *overrides)
+    first.setup("fit")
+    next(iter(first.train_dataloader()))  # an epoch under way
+    saved = first.state_dict()
+    expected = next(iter(first.train_dataloader()))
+
+    resumed = mix_datamodule(tmp_path, *overrides)
+    resumed.setup("fit")
+    resumed.load_state_dict(saved)
+    batch = next(iter(resumed.train_dataloader()))
+    assert torch.equal(batch["image"], expected["image"])
+    assert torch.equal(batch["instances"], expected["instances"])
+    with pytest.raises(ValueError, match="resume with the sources"):
+        resumed.load_state_dict({**saved, "members": {"a": saved["members"]["a"]}})

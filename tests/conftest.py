@@ -41,6 +41,20 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return run_dir, train(cfg)
 
 
+MIX_OVERRIDES = ["experiment=smoke", "dataset=mix_synthetic", "trainer.enable_progress_bar=false"]
+
+
+@pytest.fixture(scope="session")
+def mix_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One smoke run on the toy mix (dataset=mix_synthetic), source b drawn three times as
+    often as a; shared by the tests that read its outputs."""
+    from nucleiseg.training.orchestration import train
+
+    run_dir = tmp_path_factory.mktemp("mix_run")
+    cfg = compose_config([*MIX_OVERRIDES, "dataset.weights.b=3"], run_dir)
+    return run_dir, train(cfg)
+
+
 @pytest.fixture(scope="session")
 def lizard_pairs() -> list[tuple[str, np.ndarray, np.ndarray]]:
     """The 22 real Lizard/CoNSeP pairs: (stem, RGB image, binary mask)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import pytest
 from omegaconf import OmegaConf
@@ -55,12 +56,17 @@ def test_the_plan_tunes_each_model_on_its_own_rows_data_before_scoring_it(tmp_pa
 
 @pytest.mark.slow
 def test_the_matrix_on_two_toy_sources_writes_every_cell_and_resumes_without_retraining(
-    tmp_path,
+    tmp_path, mix_run
 ):
-    # a source alone and the mix (the plan test covers every row and stage 1's tuning)
+    # source a alone, trained here, and the mix, the session's toy-mix run (its training
+    # already done: the matrix tunes and scores it); the plan test covers every row
+    run_dir, _ = mix_run
+    shutil.copytree(run_dir, tmp_path / "runs" / "mix")
     cfg = matrix_config(tmp_path, models=["two_stage"])
     cfg.train.pop("b")
     assert generalization_call(cfg) == 0
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert [s for s in progress["seconds_this_call"] if s.endswith("train")] == ["a: train"]
     with (tmp_path / "matrix.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 2  # training runs x test sets

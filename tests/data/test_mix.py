@@ -13,9 +13,8 @@ from hydra.utils import instantiate
 
 from nucleiseg.data.io import DatasetError
 
+from conftest import MIX_OVERRIDES as MIX
 from conftest import compose_config, shared_dataset
-
-MIX = ["experiment=smoke", "dataset=mix_synthetic", "trainer.enable_progress_bar=false"]
 
 
 def mix_datamodule(tmp_path, *extra: str):
@@ -56,16 +55,6 @@ def test_a_weight_for_a_source_the_mix_lacks_is_refused(tmp_path):
 def test_sources_with_different_crop_sizes_are_refused(tmp_path):
     with pytest.raises(Exception, match="crops of one size"):
         mix_datamodule(tmp_path, "dataset.sources.b.datamodule.crop_size=32")
-
-
-@pytest.fixture(scope="module")
-def mix_run(tmp_path_factory):
-    """A smoke run on the toy mix, source b drawn three times as often as a."""
-    from nucleiseg.training.orchestration import train
-
-    run_dir = tmp_path_factory.mktemp("mix_run")
-    cfg = compose_config([*MIX, "dataset.weights.b=3"], run_dir)
-    return run_dir, train(cfg)
 
 
 def metric_rows(run_dir) -> list[dict[str, str]]:

@@ -57,6 +57,14 @@ class Step:
         return [sys.executable, "-m", self.module, *self.args]
 
 
+def scored_split(cfg: DictConfig) -> str:
+    """The split of the test sets that is scored: ``test``, or ``val`` to choose a recipe."""
+    split = str(cfg.get("split") or "test")
+    if split not in ("test", "val"):
+        raise ValueError(f"generalization: split={split!r}; choose test or val")
+    return split
+
+
 def eval_dir(out: Path, row: str, split: str, model: str, column: str) -> Path:
     """Where training run ``row``'s ``model`` is scored on ``column``'s ``split``."""
     return out / "runs" / row / "eval" / split / model / column
@@ -86,9 +94,7 @@ def plan(cfg: DictConfig) -> list[Step]:
         raise ValueError(
             f"generalization: models {sorted(unknown)} unknown; choose from {list(MODELS)}"
         )
-    split = str(cfg.get("split") or "test")
-    if split not in ("test", "val"):
-        raise ValueError(f"generalization: split={split!r}; choose test or val")
+    split, columns = scored_split(cfg), test_sets(cfg)
     steps = []
     for row, overrides in cfg.train.items():
         overrides = [str(o) for o in overrides]
@@ -107,7 +113,7 @@ def plan(cfg: DictConfig) -> list[Step]:
                  f"hydra.run.dir={tune_dir}"],
                 tune_dir / "postprocess_tuning.json",
             ))  # fmt: skip
-            for column, selection in test_sets(cfg).items():
+            for column, selection in columns.items():
                 scored = eval_dir(out, str(row), split, model, column)
                 chosen = [] if "whole_dataset=true" in selection else [f"split={split}"]
                 steps.append(Step(
@@ -165,11 +171,11 @@ def cell(results_path: Path, output: str) -> dict[str, float] | None:
 def collect(cfg: DictConfig) -> list[dict[str, Any]]:
     """A row per (training run, model, test set), with its figures or None."""
     out = Path(cfg.output_dir).resolve()
-    split = str(cfg.get("split") or "test")
+    split, columns = scored_split(cfg), list(test_sets(cfg))
     rows = []
     for train_row in cfg.train:
         for model in cfg.models:
-            for column in test_sets(cfg):
+            for column in columns:
                 path = eval_dir(out, str(train_row), split, model, column) / "results.json"
                 rows.append({"train": str(train_row), "model": model, "test": column,
                              "split": split, "figures": cell(path, MODELS[model][1])})  # fmt: skip
@@ -206,7 +212,7 @@ def format_value(figures: dict[str, float] | None, column: str) -> str:
 def write_markdown(cfg: DictConfig, rows: list[dict[str, Any]], path: Path) -> None:
     out = Path(cfg.output_dir).resolve()
     columns = list(test_sets(cfg))
-    split = str(cfg.get("split") or "test")
+    split = scored_split(cfg)
     lines = [
         "# Generalization matrix",
         "",
@@ -254,7 +260,7 @@ def write_heatmap(cfg: DictConfig, rows: list[dict[str, Any]], path: Path) -> No
         ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
         ax.set_yticks(range(len(trains)), trains)
         ax.set_title(f"{model}: {HEADINGS[column]}")
-        ax.set_xlabel(f"test set ({cfg.get('split') or 'test'} split)")
+        ax.set_xlabel(f"test set ({scored_split(cfg)} split)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

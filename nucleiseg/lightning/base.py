@@ -35,6 +35,14 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 EVAL_SPLITS = ("val", "test")
 
 
+def pixel_and_nucleus_summary(pixels: Any, objects: Any | None) -> dict[str, Any]:
+    """One output's figures: its pixel metrics and, where given, its nucleus metrics."""
+    summary: dict[str, Any] = summarise(pixels.compute())
+    if objects is not None:
+        summary["objects"] = {k: float(v) for k, v in objects.compute().items()}
+    return summary
+
+
 class NonFiniteError(FloatingPointError):
     """A loss or metric became NaN/inf; the message names the phase and step."""
 
@@ -239,9 +247,9 @@ class SegmentationModule(L.LightningModule):
         if source:
             self.source_metrics[f"{split}_{source}_loss"].update(loss.detach(), image.shape[0])
         if split in EVAL_SPLITS:
+            mask = batch["mask"].int()
             for output, value in logits.items():
                 nucleus = torch.sigmoid(value[:, :1])  # pixel metrics: the nucleus channel
-                mask = batch["mask"].int()
                 self.metrics[f"{split}_{output}"].update(nucleus, mask)
                 if source:
                     self.source_metrics[f"{split}_{source}_{output}"].update(nucleus, mask)
@@ -307,11 +315,10 @@ class SegmentationModule(L.LightningModule):
         ranks by torchmetrics; computed once and cached until the next epoch starts)."""
         results: dict[str, dict[str, Any]] = {}
         for output in self.outputs:
-            summary: dict[str, Any] = summarise(self.metrics[f"{split}_{output}"].compute())
+            objects = self.object_metrics[output] if split == "test" else None
+            summary = pixel_and_nucleus_summary(self.metrics[f"{split}_{output}"], objects)
             if split == "test":
-                objects = {k: float(v) for k, v in self.object_metrics[output].compute().items()}
-                per_image = self.per_image[output].compute()
-                summary = {**summary, "objects": objects, "per_image": per_image}
+                summary["per_image"] = self.per_image[output].compute()
             results[output] = summary
         if split == "test" and self.missed_nuclei is not None:
             missed = {k: int(v) for k, v in self.missed_nuclei.compute().items()}
@@ -324,13 +331,8 @@ class SegmentationModule(L.LightningModule):
         return results
 
     def _source_results(self, split: str, source: str, output: str) -> dict[str, Any]:
-        summary: dict[str, Any] = summarise(
-            self.source_metrics[f"{split}_{source}_{output}"].compute()
-        )
-        if split == "test":
-            objects = self.source_metrics[f"objects_{source}_{output}"].compute()
-            summary["objects"] = {k: float(v) for k, v in objects.items()}
-        return summary
+        objects = self.source_metrics[f"objects_{source}_{output}"] if split == "test" else None
+        return pixel_and_nucleus_summary(self.source_metrics[f"{split}_{source}_{output}"], objects)
 
     def _log_pooled_loss(self, split: str) -> None:
         """The sources' mean losses, weighted as the sources are sampled: the loss of the

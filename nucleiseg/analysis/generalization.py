@@ -95,6 +95,7 @@ def plan(cfg: DictConfig) -> list[Step]:
             f"generalization: models {sorted(unknown)} unknown; choose from {list(MODELS)}"
         )
     split, columns = scored_split(cfg), test_sets(cfg)
+    tune_overrides = [str(o) for o in cfg.get("tune") or []]
     steps = []
     for row, overrides in cfg.train.items():
         overrides = [str(o) for o in overrides]
@@ -110,7 +111,7 @@ def plan(cfg: DictConfig) -> list[Step]:
                 f"{row}: tune {model}", "nucleiseg.tune_postprocess",
                 [*overrides, f"ckpt={run_dir / 'checkpoints' / phase / 'best.ckpt'}",
                  f"tuned_ckpt={tuned}", f"paths.output_dir={tune_dir}",
-                 f"hydra.run.dir={tune_dir}"],
+                 f"hydra.run.dir={tune_dir}", *tune_overrides],
                 tune_dir / "postprocess_tuning.json",
             ))  # fmt: skip
             for column, selection in columns.items():

@@ -47,6 +47,8 @@ def test_the_plan_tunes_each_model_on_its_own_rows_data_before_scoring_it(tmp_pa
     assert len(steps) == 3 * (1 + 2 * (1 + 3))  # train; per model: tune, 3 test sets
     tune = next(s for s in steps if s.name == "b: tune stage1")
     assert "dataset.split_seed=1" in tune.args and any("stage1/best.ckpt" in a for a in tune.args)
+    small = plan(matrix_config(tmp_path, tune=["grid.h=[]"]))
+    assert all(s.args[-1] == "grid.h=[]" for s in small if "tune_postprocess" in s.module)
     scored = next(s for s in steps if s.name == "mix: two_stage on lab_x")
     assert {"dataset=folder", "whole_dataset=true"} <= set(scored.args)
     assert not any(a.startswith("split=") for a in scored.args)  # a folder: every image
@@ -62,7 +64,9 @@ def test_the_matrix_on_two_toy_sources_writes_every_cell_and_resumes_without_ret
     # already done: the matrix tunes and scores it); the plan test covers every row
     run_dir, _ = mix_run
     shutil.copytree(run_dir, tmp_path / "runs" / "mix")
-    cfg = matrix_config(tmp_path, models=["two_stage"])
+    grid = ["grid.threshold=[0.5]", "grid.min_size=[10]", "grid.min_distance=[4,8]",
+            "grid.h=[]"]  # fmt: skip
+    cfg = matrix_config(tmp_path, models=["two_stage"], tune=grid)
     cfg.train.pop("b")
     assert generalization_call(cfg) == 0
     progress = json.loads((tmp_path / "progress.json").read_text())

@@ -13,7 +13,13 @@ from conftest import compose_config, smoke_overrides
 
 
 def test_tnbc_smoke_run_uses_the_papers_split_and_writes_it(tnbc_root, tmp_path):
-    overrides = smoke_overrides("dataset=tnbc", f"dataset.root={tnbc_root}", "stage.max_epochs=1")
+    overrides = smoke_overrides(
+        "dataset=tnbc",
+        f"dataset.root={tnbc_root}",
+        "stage.max_epochs=1",
+        "++trainer.limit_train_batches=2",
+        "figures.test_images=0",
+    )
     results = train(compose_config(overrides, tmp_path))
     assert results["status"] == "finished" and results["dataset"] == "tnbc"
     assert set(results["test"]) == {"stage1", "stage2_frozen", "two_stage"}

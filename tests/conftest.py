@@ -41,6 +41,9 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return run_dir, train(cfg)
 
 
+# a 2-candidate post-processing grid (tune_postprocess), for toy runs that tune
+TINY_GRID = ["grid.threshold=[0.5]", "grid.min_size=[10]", "grid.min_distance=[4,8]", "grid.h=[]"]
+
 MIX_OVERRIDES = ["experiment=smoke", "dataset=mix_synthetic", "trainer.enable_progress_bar=false"]
 
 

@@ -247,6 +247,7 @@ def write_heatmap(cfg: DictConfig, rows: list[dict[str, Any]], path: Path) -> No
     import numpy as np
 
     trains, columns = [str(t) for t in cfg.train], list(test_sets(cfg))
+    split = scored_split(cfg)
     panels = [(m, c) for m in cfg.models for c in ("dice", "aji")]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.6 * len(trains) + 2))
     for ax, (model, column) in zip(np.atleast_1d(axes), panels, strict=True):
@@ -261,7 +262,7 @@ def write_heatmap(cfg: DictConfig, rows: list[dict[str, Any]], path: Path) -> No
         ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
         ax.set_yticks(range(len(trains)), trains)
         ax.set_title(f"{model}: {HEADINGS[column]}")
-        ax.set_xlabel(f"test set ({scored_split(cfg)} split)")
+        ax.set_xlabel(f"test set ({split} split)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from nucleiseg.analysis.generalization import generalization_call, plan
 
-from conftest import CONF_DIR
+from conftest import CONF_DIR, TINY_GRID
 
 TINY = ["experiment=smoke", "stage.max_epochs=1", "figures.test_images=0",
         "trainer.enable_progress_bar=false"]  # fmt: skip
@@ -64,9 +64,7 @@ def test_the_matrix_on_two_toy_sources_writes_every_cell_and_resumes_without_ret
     # already done: the matrix tunes and scores it); the plan test covers every row
     run_dir, _ = mix_run
     shutil.copytree(run_dir, tmp_path / "runs" / "mix")
-    grid = ["grid.threshold=[0.5]", "grid.min_size=[10]", "grid.min_distance=[4,8]",
-            "grid.h=[]"]  # fmt: skip
-    cfg = matrix_config(tmp_path, models=["two_stage"], tune=grid)
+    cfg = matrix_config(tmp_path, models=["two_stage"], tune=TINY_GRID)
     cfg.train.pop("b")
     assert generalization_call(cfg) == 0
     progress = json.loads((tmp_path / "progress.json").read_text())

@@ -61,7 +61,7 @@ def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(tnbc_
 
     from nucleiseg.training.precision import cpu_precision
 
-    from conftest import ROOT, shared_dataset
+    from conftest import ROOT, TINY_GRID, shared_dataset
 
     shared, consep = shared_dataset("consep"), tmp_path / "consep"
     for split, image in [("train", i) for i in range(1, 7)] + [("test", 1)]:
@@ -73,7 +73,7 @@ def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(tnbc_
     toy = ("size=small stage.max_epochs=1 ++trainer.limit_train_batches=2 "
            "++trainer.limit_val_batches=1 figures.test_images=0 "
            "dataset.datamodule.crop_size=128 trainer.enable_progress_bar=false")  # fmt: skip
-    grid = "grid.threshold=[0.5] grid.min_size=[10] grid.min_distance=[4,8] grid.h=[]"
+    grid = " ".join(TINY_GRID)
     command = ["make", "tnbc-cpu", f"TNBC_ROOT={tnbc_root}", f"CONSEP_ROOT={consep}",
                f"RUN={run}", f"ARGS={toy}", f"TUNE_ARGS={grid}"]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -23,8 +23,11 @@ help:  ## list the targets
 install:  ## install nucleiseg and its dev tools (editable)
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test:  ## run the test suite
-	$(PYTHON) -m pytest -q
+# the suite runs in TEST_WORKERS processes (pytest-xdist), a test file per process so its
+# module fixtures are built once; TEST_WORKERS=0 runs it in this process
+TEST_WORKERS ?= 2
+test:  ## run the test suite (TEST_WORKERS=2 processes)
+	$(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint:  ## ruff check + format check
 	$(PYTHON) -m ruff check nucleiseg tests benchmarks

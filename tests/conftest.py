@@ -11,6 +11,20 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 os.environ.setdefault("WANDB_MODE", "offline")  # tests never talk to a W&B server
+# under pytest-xdist (make test), each worker and the trainings it starts share the cores
+# with the other workers: one worker's torch threads = cores / workers, so none oversubscribes
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A worker that imported torch before this file still keeps to its share of cores."""
+    if _WORKERS > 1:
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

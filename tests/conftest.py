@@ -11,19 +11,18 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 os.environ.setdefault("WANDB_MODE", "offline")  # tests never talk to a W&B server
-# under pytest-xdist (make test), each worker and the trainings it starts share the cores
-# with the other workers: one worker's torch threads = cores / workers, so none oversubscribes
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """A worker that imported torch before this file still keeps to its share of cores."""
-    if _WORKERS > 1:
+    """Under pytest-xdist (make test) each worker, and every training it starts, keeps to its
+    share of the cores (cores / workers torch threads), so the workers do not oversubscribe;
+    set before any test module is collected, and on torch too in case a plugin imported it."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
         import torch
 
-        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+        share = str(max(1, (os.cpu_count() or 1) // workers))
+        torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", share)))
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from nucleiseg.data.whole import SplitAsTest, WholeDataset
     from nucleiseg.files.atomic import write_json_atomic
-    from nucleiseg.inference.loading import apply_input_mpp, load_model
+    from nucleiseg.inference.loading import apply_input_mpp, load_model, resolve_tta
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -34,6 +34,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     split = "all" if cfg.whole_dataset else str(cfg.get("split") or "test")
     module, output = load_model(cfg.ckpt)
     module.phase = "evaluate"
+    module.tta = resolve_tta(module, cfg.get("tta"))
     input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
     # scored at the data's own grid: the module resamples its input to the model's and back
     datamodule = instantiate(cfg.dataset.datamodule, split_output=None, model_mpp=None,
@@ -53,6 +54,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "output": output,
         "input_mpp": input_mpp,
         "model_mpp": module.mpp,
+        "tta": module.tta,
         "status": "finished",
         "test": module.split_results("test"),
     }

@@ -1,8 +1,7 @@
 """Entry point: ``python -m nucleiseg.predict ckpt=... input=... output=... [tta=true]``.
 
-Flat images (PNG/TIFF/JPEG, any size): tiled inference; per image a binary mask, a 16-bit
-instance map, an overlay and a CSV of nuclei (areas also in µm²), all at the input's own
-size: inputs at ``input_mpp`` are resampled to the model's pixel size and back.
+Flat images (PNG/TIFF/JPEG, any size): tiled inference; per image a mask, a 16-bit instance
+map, an overlay and a CSV of nuclei (areas also in µm²) at the input's own size (``input_mpp``).
 Whole slides (.svs, .ndpi, pyramidal TIFF, ...): read at the model's pixel size from the
 slide's own µm per pixel (``input_mpp`` overrides it), tissue tiles only, nuclei as QuPath
 detections in ``<slide>.geojson``, a CSV, a tissue mask and an overlay; resumable.
@@ -22,16 +21,18 @@ def main(cfg: DictConfig) -> None:
     import logging
     from pathlib import Path
 
-    from nucleiseg.inference.loading import apply_input_mpp, load_model
+    from nucleiseg.inference.loading import apply_input_mpp, load_model, resolve_tta
     from nucleiseg.inference.precision import choose_precision, onnx_predictor
     from nucleiseg.inference.predictor import expand_inputs, output_stems, predict_files
-    from nucleiseg.inference.tiling import dihedral_tta, module_predictor
+    from nucleiseg.inference.tiling import module_predictor
+    from nucleiseg.models.dihedral import dihedral_tta
     from nucleiseg.postprocessing.watershed import InstanceSettings
     from nucleiseg.wsi.batch import predict_slide_files
     from nucleiseg.wsi.slide import is_slide
 
     log = logging.getLogger("nucleiseg.predict")
     module, output = load_model(cfg.ckpt, cfg.device)
+    tta = resolve_tta(module, cfg.tta)  # averaged by the predictor; the module stays plain
     chosen = (
         InstanceSettings(**OmegaConf.to_container(cfg.postprocess)) if cfg.postprocess else None
     )
@@ -43,11 +44,12 @@ def main(cfg: DictConfig) -> None:
     wanted = "32" if str(cfg.precision) == "auto" and not slides else cfg.precision
     predict, precision = choose_precision(module_predictor(module, output), wanted,
                                           cfg.device, onnx)  # fmt: skip
+    predict = dihedral_tta(predict) if tta else predict
     failed, written = [], 0
     if images:
         input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
         report = predict_files(
-            predict, images, Path(cfg.output), module.input_settings(chosen), tta=cfg.tta,
+            predict, images, Path(cfg.output), module.input_settings(chosen),
             device=cfg.device, save_probability=cfg.save_probability, overwrite=cfg.overwrite,
             max_pixels=int(cfg.max_pixels), normalize=module.stain_normalizer, mpp=input_mpp,
             **cfg.tiling,
@@ -56,14 +58,13 @@ def main(cfg: DictConfig) -> None:
     if slides:
         module.set_input_mpp(None)  # slides are read at the model's pixel size already
         settings = module.input_settings(chosen)  # the model's grid: unscaled
-        run_settings = {"ckpt": str(Path(cfg.ckpt).resolve()), "tta": cfg.tta,
+        run_settings = {"ckpt": str(Path(cfg.ckpt).resolve()), "tta": tta,
                         "tiling": OmegaConf.to_container(cfg.tiling),
                         "postprocess": vars(settings), "precision": precision}  # fmt: skip
         report = predict_slide_files(
-            slides, output_stems(slides, Path(cfg.output)),
-            dihedral_tta(predict) if cfg.tta else predict, module.mpp, settings, run_settings,
-            input_mpp=cfg.get("input_mpp"), tile=cfg.tiling.tile, margin=cfg.tiling.overlap,
-            batch_size=cfg.tiling.batch_size, overwrite=cfg.overwrite,
+            slides, output_stems(slides, Path(cfg.output)), predict, module.mpp, settings,
+            run_settings, input_mpp=cfg.get("input_mpp"), tile=cfg.tiling.tile,
+            margin=cfg.tiling.overlap, batch_size=cfg.tiling.batch_size, overwrite=cfg.overwrite,
             normalize=module.stain_normalizer, **cfg.slide,
         )  # fmt: skip
         failed += report.failed

@@ -1,1 +1,1 @@
-"""Using a trained model: tiled sliding-window inference, TTA, instance post-processing."""
+"""Using a trained model: tiled sliding-window inference, instance post-processing."""

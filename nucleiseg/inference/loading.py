@@ -11,7 +11,7 @@ from nucleiseg.lightning.base import SegmentationModule
 from nucleiseg.training.builders import build_modules
 from nucleiseg.training.checkpoints import CheckpointError, read_checkpoint, stored_model_config
 
-__all__ = ["CheckpointError", "apply_input_mpp", "load_model"]
+__all__ = ["CheckpointError", "apply_input_mpp", "load_model", "resolve_tta"]
 log = logging.getLogger(__name__)
 
 
@@ -36,6 +36,7 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[Segmentatio
             f"checkpoint '{path}' weights do not fit its stored model config ({first})"
         ) from err
     module.phase = str(cfg.get("phase", "predict"))
+    module.tuned_with_tta = bool(cfg.get("tuned_with_tta", False))
     if module.mpp is None:
         log.warning(
             "checkpoint '%s' stores no pixel size (written before model.mpp was stored): "
@@ -70,3 +71,17 @@ def apply_input_mpp(module: SegmentationModule, input_mpp: float | None) -> floa
                  input_mpp, module.mpp)  # fmt: skip
     module.set_input_mpp(input_mpp)
     return input_mpp
+
+
+def resolve_tta(module: SegmentationModule, requested: bool | None) -> bool:
+    """Whether to average the 8 dihedral views: as ``requested``, or (None) as the checkpoint's
+    post-processing was tuned (``tune_postprocess tta=``), with a warning where they differ."""
+    tta = module.tuned_with_tta if requested is None else bool(requested)
+    if tta != module.tuned_with_tta:
+        log.warning(
+            "the checkpoint's post-processing was tuned %s test-time augmentation and is now "
+            "applied %s it: its thresholds may not fit these maps (tune_postprocess tta=%s)",
+            "with" if module.tuned_with_tta else "without", "with" if tta else "without",
+            str(tta).lower(),
+        )  # fmt: skip
+    return tta

@@ -4,8 +4,10 @@
 Every combination of threshold, watershed markers (distance-transform peaks ``min_distance``
 apart, or h-maxima of depth ``h``; for instance-aware models the level ``marker_threshold``
 of their marker map) and minimum size in ``grid`` is scored on the validation
-images (never the test split); the chosen one has the smallest absolute nucleus-count error
-relative to the true count, ties broken by AJI; the same settings applied to the true
+images (never the test split); the chosen one has (``objective``) the smallest absolute
+nucleus-count error relative to the true count, ties broken by AJI, or the highest AJI or
+PQ, ties broken by the count error. With ``tta`` the maps are averaged over the 8 dihedral
+views first (and the tuned checkpoint says so). The same settings applied to the true
 masks (what post-processing alone miscounts) are scored beside it. It is written, with the
 table of every candidate, to ``postprocess_tuning.json`` in the run dir, and into a copy of
 the checkpoint (``<name>.tuned.ckpt`` beside it, written atomically; the original is never
@@ -80,6 +82,23 @@ def score(
     return values
 
 
+# what a candidate is ranked by (lowest first): the nucleus count, or a nucleus figure
+OBJECTIVES = {
+    "count": lambda r: (round(r["relative_abs_count_error"], 4), -r["aji"]),
+    "aji": lambda r: (-round(r["aji"], 4), r["relative_abs_count_error"]),
+    "pq": lambda r: (-round(r["pq"], 4), r["relative_abs_count_error"]),
+}
+
+
+def ranking(objective: str) -> Any:
+    """The sort key of ``objective`` (lowest is best); an unknown one is refused."""
+    if objective not in OBJECTIVES:
+        raise ValueError(
+            f"objective={objective!r} is not known: use one of {', '.join(OBJECTIVES)}"
+        )
+    return OBJECTIVES[objective]
+
+
 def tune(
     probs: list,
     truths: list,
@@ -87,9 +106,12 @@ def tune(
     base: dict[str, Any],
     factor: float = 1.0,
     channels: tuple[str, ...] = ("nucleus",),
+    objective: str = "count",
 ) -> dict:
     """Every candidate's validation scores, and the chosen settings (in model pixels; the
-    maps have ``factor`` pixels per model pixel).
+    maps have ``factor`` pixels per model pixel): by ``objective``, the smallest absolute
+    count error (ties: AJI; ``count``), or the highest AJI or PQ (ties: count; ``aji``,
+    ``pq``).
 
     ``chosen_on_true_masks`` scores the chosen settings on the true masks themselves (the
     binary union of each true instance map as the "probability"): what the post-processing
@@ -97,26 +119,29 @@ def tune(
     """
     from nucleiseg.data.instance_targets import instance_targets
 
+    rank = ranking(objective)
     table = [{"settings": c, **score(c, probs, truths, factor, channels)}
              for c in candidates(grid, base, channels)]  # fmt: skip
-    best = min(table, key=lambda r: (round(r["relative_abs_count_error"], 4), -r["aji"]))
+    best = min(table, key=rank)
     # the true maps (the truth's own targets) as the "probabilities"
     true_maps = [instance_targets(np.asarray(t), channels) for t in truths]
     true_maps = [m[0] if len(m) == 1 else m for m in true_maps]
-    return {"chosen": best["settings"], "chosen_scores": best,
+    return {"objective": objective, "chosen": best["settings"], "chosen_scores": best,
             "chosen_on_true_masks": score(best["settings"], true_maps, truths, factor, channels),
             "candidates": table}  # fmt: skip
 
 
 def write_tuned_checkpoint(
-    checkpoint: Path, settings: dict[str, Any], target: Path | None = None
+    checkpoint: Path, settings: dict[str, Any], target: Path | None = None, tta: bool = False
 ) -> Path:
-    """A copy of ``checkpoint`` whose stored post-processing is ``settings``, at ``target``
-    (default: ``<stem>.tuned.ckpt`` beside it)."""
+    """A copy of ``checkpoint`` whose stored post-processing is ``settings`` (chosen on maps
+    averaged over the dihedral views when ``tta``), at ``target`` (default:
+    ``<stem>.tuned.ckpt`` beside it)."""
     from nucleiseg.training.checkpoints import read_checkpoint
 
     state = read_checkpoint(checkpoint)
     state["nucleiseg"]["postprocess"] = dict(settings)
+    state["nucleiseg"]["tuned_with_tta"] = bool(tta)
     for key in ("stage1_module", "two_stage_module"):  # the modules' copy of it, too
         module_cfg = state["nucleiseg"].get("model", {}).get(key)
         if isinstance(module_cfg, dict):  # pixel metrics keep their own threshold (0.5)
@@ -134,7 +159,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from nucleiseg.inference.loading import apply_input_mpp, load_model
 
     checkpoint = Path(cfg.ckpt)
+    objective = str(cfg.get("objective", "count"))
+    ranking(objective)  # refused before the maps are computed
     module, output = load_model(checkpoint)
+    module.tta = bool(cfg.get("tta", False))
     if "sources" in cfg.dataset:
         # a mix (dataset=mix): its sources differ in pixel size, so every validation split
         # is resampled to the model's grid (as in training) and tuned there, pooled
@@ -152,11 +180,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     probs, truths = validation_probabilities(module, output, datamodule)
     base = OmegaConf.to_container(cfg.postprocess, resolve=True)
     grid = OmegaConf.to_container(cfg.grid, resolve=True)
-    result = tune(probs, truths, grid, base, module.input_pixels_per_model_pixel, module.channels)
+    result = tune(probs, truths, grid, base, module.input_pixels_per_model_pixel,
+                  module.channels, objective)  # fmt: skip
     result["checkpoint"] = str(checkpoint)
-    result["input_mpp"], result["model_mpp"] = input_mpp, module.mpp
+    result["input_mpp"], result["model_mpp"], result["tta"] = input_mpp, module.mpp, module.tta
     target = Path(cfg.tuned_ckpt) if cfg.get("tuned_ckpt") else None
-    result["tuned_checkpoint"] = str(write_tuned_checkpoint(checkpoint, result["chosen"], target))
+    tuned = write_tuned_checkpoint(checkpoint, result["chosen"], target, module.tta)
+    result["tuned_checkpoint"] = str(tuned)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "postprocess_tuning.json", result)

@@ -23,7 +23,8 @@ from nucleiseg.data.io import (
     read_rgb_image,
 )
 from nucleiseg.files.atomic import write_atomic
-from nucleiseg.inference.tiling import Predictor, dihedral_tta, predict_tiled
+from nucleiseg.inference.tiling import Predictor, predict_tiled
+from nucleiseg.models.dihedral import dihedral_tta
 from nucleiseg.postprocessing.watershed import (
     NUCLEUS_COLUMNS,
     InstanceSettings,

@@ -132,22 +132,6 @@ def predict_whole(predict: Predictor, image: np.ndarray, margin: int = 32) -> np
     return (prob[0] if len(prob) == 1 else prob).numpy()
 
 
-def dihedral_tta(predict: Predictor) -> Predictor:
-    """Average of the 8 dihedral views (4 rotations x optional flip), each mapped back."""
-
-    def averaged(batch: torch.Tensor) -> torch.Tensor:
-        total = None
-        for flip in (False, True):
-            view = batch.flip(-1) if flip else batch
-            for k in range(4):
-                out = torch.rot90(predict(torch.rot90(view, k, (-2, -1))), -k, (-2, -1))
-                out = out.flip(-1) if flip else out
-                total = out if total is None else total + out
-        return total / 8
-
-    return averaged
-
-
 def module_predictor(module, output: str) -> Predictor:
     """Probabilities of one output (``stage1`` or ``two_stage``) of a LightningModule, every
     channel it has."""

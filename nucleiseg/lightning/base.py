@@ -27,6 +27,7 @@ from nucleiseg.lightning.phases import Phase
 from nucleiseg.metrics.objects import MissedNuclei, NucleusMetrics
 from nucleiseg.metrics.per_image import PerImageScores
 from nucleiseg.metrics.pixel import pixel_metrics, summarise
+from nucleiseg.models.dihedral import dihedral_tta
 from nucleiseg.models.resampling import resample_batch, scaled_size
 from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_probability
 
@@ -85,6 +86,10 @@ class SegmentationModule(L.LightningModule):
         self.mpp: float | None = None
         # µm per pixel of what evaluation and inference feed in (set_input_mpp)
         self.input_mpp: float | None = None
+        # evaluation outputs averaged over the 8 dihedral views (evaluate/tune_postprocess tta=)
+        self.tta = False
+        # whether the stored post-processing was tuned on such averaged maps (load_model)
+        self.tuned_with_tta = False
         self.metrics = nn.ModuleDict(
             {
                 f"{split}_{output}": pixel_metrics(threshold)
@@ -210,7 +215,19 @@ class SegmentationModule(L.LightningModule):
         return chosen.scaled(self.input_pixels_per_model_pixel)
 
     def _outputs_at_input_grid(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits at the input's grid: the input resampled to the model's and back."""
+        """Logits at the input's grid: the input resampled to the model's and back; with
+        ``tta``, the logits of the probabilities averaged over the 8 dihedral views."""
+        if not self.tta:
+            return self._plain_outputs_at_input_grid(image)
+
+        def probabilities(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits = self._plain_outputs_at_input_grid(batch)
+            return {name: torch.sigmoid(value.float()) for name, value in logits.items()}
+
+        averaged = dihedral_tta(probabilities)(image)
+        return {name: torch.logit(prob, eps=1e-6) for name, prob in averaged.items()}
+
+    def _plain_outputs_at_input_grid(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         factor = self.input_pixels_per_model_pixel
         if factor == 1.0:
             return self.compute_outputs(image)[0]

@@ -116,3 +116,72 @@ def test_tuning_scores_the_validation_images_exactly_as_evaluation_scores_them(s
     assert probs[0].shape == (40, 56)
     assert tuned["aji"] == pytest.approx(evaluated["aji"], abs=1e-6)
     assert tuned["count_error"] == pytest.approx(evaluated["count_error"], abs=1e-6)
+
+
+def test_each_objective_chooses_its_own_best_candidate():
+    from nucleiseg.inference.postprocess_tuning import tune
+
+    truth = np.zeros((64, 96), np.int32)
+    truth[disk((32, 24), 11)] = 1
+    truth[disk((32, 44), 11)] = 2  # two touching nuclei
+    truth[disk((32, 78), 6)] = 3
+    prob = np.where(truth > 0, 0.9, 0.0)
+    prob[disk((32, 78), 6)] = 0.45  # a faint nucleus: only the low threshold finds it
+    prob[disk((8, 8), 4)] = 0.45  # and a faint false one of the same kind
+    grid = {"threshold": [0.4, 0.5], "min_size": [5], "min_distance": [4, 30], "h": []}
+    results = {o: tune([prob], [truth], grid, {"fill_holes": True}, objective=o)
+               for o in ("count", "aji", "pq")}  # fmt: skip
+    table = results["count"]["candidates"]
+    for objective, key, best in (("aji", "aji", max), ("pq", "pq", max),
+                                 ("count", "relative_abs_count_error", min)):  # fmt: skip
+        assert results[objective]["chosen_scores"][key] == best(r[key] for r in table)
+        assert results[objective]["objective"] == objective
+    # on this case the count and the nucleus figures disagree, so the choice is the objective's
+    assert results["count"]["chosen"] != results["aji"]["chosen"]
+
+
+def test_an_unknown_objective_is_refused_before_the_checkpoint_is_read(tmp_path):
+    from nucleiseg.inference.postprocess_tuning import run
+
+    from conftest import compose_config
+
+    cfg = compose_config(["experiment=smoke", f"+ckpt={tmp_path / 'missing.ckpt'}",
+                          "+objective=dice"], tmp_path)  # fmt: skip
+    with pytest.raises(ValueError, match="objective='dice'.*count, aji, pq"):
+        run(cfg)
+
+
+def test_tuning_with_tta_is_stored_and_evaluation_follows_it(smoke_run, tmp_path, caplog):
+    import json
+
+    from nucleiseg.evaluate import evaluate
+    from nucleiseg.inference.loading import load_model
+    from nucleiseg.inference.postprocess_tuning import run
+
+    from conftest import TINY_GRID, compose_config
+
+    run_dir, _ = smoke_run
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    tuned_ckpt = tmp_path / "tta.tuned.ckpt"
+    cfg = compose_config(["experiment=smoke", f"+ckpt={ckpt}", "+tta=true",
+                          f"+tuned_ckpt={tuned_ckpt}", *(f"+{g}" for g in TINY_GRID)],
+                         tmp_path / "tuning")  # fmt: skip
+    result = run(cfg)
+    assert result["tta"] is True
+    assert json.loads((tmp_path / "tuning" / "postprocess_tuning.json").read_text())["tta"]
+    assert load_model(tuned_ckpt)[0].tuned_with_tta
+    assert not load_model(ckpt)[0].tuned_with_tta  # the original is untouched
+
+    def scored(checkpoint, out, *extra):
+        overrides = ["experiment=smoke", f"+ckpt={checkpoint}", "+input_mpp=null",
+                     "+whole_dataset=false", "+split=test", *extra]  # fmt: skip
+        return evaluate(compose_config(overrides, tmp_path / out))
+
+    followed = scored(tuned_ckpt, "followed", "+tta=null")
+    assert followed["tta"] is True
+    plain = scored(ckpt, "plain", "+tta=null")
+    assert plain["tta"] is False
+    with caplog.at_level("WARNING"):
+        overridden = scored(tuned_ckpt, "overridden", "+tta=false")
+    assert overridden["tta"] is False
+    assert "tuned with test-time augmentation and is now applied without it" in caplog.text

@@ -1,6 +1,11 @@
 """One training phase: a fresh Trainer, one ``fit``, the best weights restored, a test, and
 the phase's record for ``results.json`` returned.
 
+The best weights are the best the phase has seen on validation, its starting weights
+included: the weights it starts from are validated first, and a phase none of whose epochs
+beats them by early stopping's ``min_delta`` (a fine-tuning that only made the model worse)
+ends with them, saved as its ``best.ckpt`` (``kept_start`` in its record).
+
 A phase finished in an earlier attempt (``resume=auto``) goes through the same function: its
 record is reused and its best weights loaded instead of training it again.
 """
@@ -101,6 +106,24 @@ def _relative(path: str, run_dir: Path) -> str | None:
         return path
 
 
+def start_val_loss(
+    cfg: DictConfig,
+    phase: Phase,
+    index: int,
+    module: SegmentationModule,
+    datamodule: L.LightningDataModule,
+    epoch_offset: int,
+) -> float:
+    """The phase's monitored validation loss of the weights it starts from (a Trainer of its
+    own: no logger, no checkpoints, nothing trained)."""
+    trainer = instantiate(
+        cfg.trainer, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        callbacks=[PhaseController(phase, index, epoch_offset)],
+    )  # fmt: skip
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    return float(trainer.callback_metrics[f"{phase.name}/val/loss"])
+
+
 def reuse_phase(module: SegmentationModule, record: dict[str, Any], run_dir: Path) -> dict:
     """A phase finished in an earlier attempt: load its best weights, return its record."""
     if record.get("best_checkpoint"):
@@ -125,8 +148,9 @@ def run_phase(
     """Train ``module`` through ``phase`` and return the phase's record.
 
     The phase ends by early stopping on ``<phase>/val/loss`` (or its epoch cap); the best
-    epoch's weights are loaded back into ``module`` (so the next phase starts from them) and
-    tested. ``resume`` continues from the phase's ``last.ckpt`` where one exists.
+    epoch's weights, or its starting ones where no epoch beat them, are loaded back into
+    ``module`` (so the next phase starts from them) and tested. ``resume`` continues from the
+    phase's ``last.ckpt`` where one exists.
     """
     log.info(
         "phase %d '%s': training %s (max %d epochs, patience %d)",
@@ -140,12 +164,25 @@ def run_phase(
     if resume_from:
         log.info("phase '%s' continues from %s", phase.name, resume_from)
     try:
+        start = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        start_loss = start_val_loss(cfg, phase, index, module, datamodule, epoch_offset)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         fit_done = time.monotonic()  # the rest: best weights back, testing
         stop = stop_reason(trainer, early_stopping, phase)
-        best_epoch = None
-        if checkpoint.best_model_path:  # read once: the weights, and the epoch they are from
-            best_epoch = int(load_weights(module, checkpoint.best_model_path)["epoch"])
+        best_epoch, best_path = None, checkpoint.best_model_path
+        best = checkpoint.best_model_score
+        min_delta = float(cfg.callbacks.early_stopping.get("min_delta") or 0.0)
+        # an interrupted phase is resumed later: it keeps its best.ckpt as it is
+        improved = best is not None and float(best) < start_loss - min_delta
+        kept_start = not trainer.interrupted and not improved
+        if kept_start:  # no epoch beat the start: the phase ends where it began
+            module.load_state_dict(start)
+            trainer.save_checkpoint(checkpoint.format_checkpoint_name({}))
+            best_path, best = checkpoint.format_checkpoint_name({}), start_loss
+            log.info("phase '%s': no epoch beat its starting validation loss %.4g; it ends "
+                     "with its starting weights", phase.name, start_loss)  # fmt: skip
+        elif best_path:  # read once: the weights, and the epoch they are from
+            best_epoch = int(load_weights(module, best_path)["epoch"])
         test_metrics: dict[str, Any] = {}
         if test:
             trainer.test(module, datamodule=datamodule, verbose=False)
@@ -153,7 +190,6 @@ def run_phase(
     except BaseException:
         stop_other_ranks(trainer)
         raise
-    best = checkpoint.best_model_score
     return {
         "name": phase.name,
         "trainable": phase.trainable,
@@ -161,8 +197,10 @@ def run_phase(
         "epochs": trainer.current_epoch,
         "best_epoch": best_epoch,
         "best_val_loss": float(best) if best is not None else None,
+        "start_val_loss": start_loss,
+        "kept_start": kept_start,
         "stop_reason": stop,
-        "best_checkpoint": _relative(checkpoint.best_model_path, run_dir),
+        "best_checkpoint": _relative(best_path, run_dir),
         # training (Lightning's Timer: a resumed phase adds the time up to its last
         # checkpoint in earlier attempts) and testing this phase
         "wall_seconds": round(fit_seconds(trainer) + time.monotonic() - fit_done, 1),

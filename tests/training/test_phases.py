@@ -275,3 +275,33 @@ def test_a_learning_rate_schedule_follows_each_phase_validation_loss(tmp_path):
     run_phase(cfg, phases[0], 0, modules["stage1"], dm, tmp_path, extra_callbacks=[LearningRate()],
               test=False)  # fmt: skip
     assert rates[0] == pytest.approx(1e-4) and rates[-1] < rates[0]  # halved on a plateau
+
+
+@pytest.mark.slow
+def test_a_phase_no_epoch_of_which_beats_its_start_ends_with_its_starting_weights(tmp_path):
+    # an improvement must exceed min_delta: with 100, no epoch of any phase is one
+    cfg = compose_config(smoke_overrides("callbacks.early_stopping.min_delta=100"), tmp_path)
+    results = train(cfg)
+    assert results["status"] == "finished"
+    for record in results["phases"]:
+        assert record["kept_start"] and record["best_epoch"] is None
+        assert record["best_val_loss"] == record["start_val_loss"]
+
+    def weights(phase):
+        return torch.load(tmp_path / "checkpoints" / phase / "best.ckpt", weights_only=True)[
+            "state_dict"
+        ]
+
+    enhanced, finetuned = weights("enhance"), weights("finetune")
+    assert enhanced.keys() == finetuned.keys()
+    assert all(torch.equal(enhanced[k], finetuned[k]) for k in enhanced)  # phase 3 undone
+    last = torch.load(tmp_path / "checkpoints" / "finetune" / "last.ckpt", weights_only=True)
+    assert not all(torch.equal(last["state_dict"][k], finetuned[k]) for k in finetuned)
+
+
+def test_a_phase_that_improves_on_its_start_ends_with_its_best_epoch(smoke_run):
+    _, results = smoke_run
+    first = results["phases"][0]  # from random weights: any trained epoch beats them
+    assert not first["kept_start"]
+    assert first["best_val_loss"] < first["start_val_loss"]
+    assert first["best_epoch"] is not None

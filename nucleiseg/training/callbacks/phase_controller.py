@@ -29,7 +29,7 @@ class PhaseController(Callback):
         self.epoch_offset = epoch_offset
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
+        if stage in ("fit", "validate"):  # validate: the phase's starting weights
             pl_module.configure_phase(self.phase, self.index, self.epoch_offset)
 
     def state_dict(self) -> dict[str, Any]:

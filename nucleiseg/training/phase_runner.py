@@ -113,11 +113,13 @@ def start_val_loss(
     module: SegmentationModule,
     datamodule: L.LightningDataModule,
     epoch_offset: int,
+    root: Path,
 ) -> float:
     """The phase's monitored validation loss of the weights it starts from (a Trainer of its
-    own: no logger, no checkpoints, nothing trained)."""
+    own in the phase's folder ``root``: no logger, profiler or checkpoint, nothing trained)."""
     trainer = instantiate(
         cfg.trainer, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        profiler=None, default_root_dir=str(root),
         callbacks=[PhaseController(phase, index, epoch_offset)],
     )  # fmt: skip
     trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -164,8 +166,11 @@ def run_phase(
     if resume_from:
         log.info("phase '%s' continues from %s", phase.name, resume_from)
     try:
+        began = time.monotonic()
         start = {k: v.detach().clone() for k, v in module.state_dict().items()}
-        start_loss = start_val_loss(cfg, phase, index, module, datamodule, epoch_offset)
+        start_loss = start_val_loss(cfg, phase, index, module, datamodule, epoch_offset,
+                                    run_dir / "checkpoints" / phase.name)  # fmt: skip
+        start_seconds = time.monotonic() - began
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         fit_done = time.monotonic()  # the rest: best weights back, testing
         stop = stop_reason(trainer, early_stopping, phase)
@@ -177,8 +182,8 @@ def run_phase(
         kept_start = not trainer.interrupted and not improved
         if kept_start:  # no epoch beat the start: the phase ends where it began
             module.load_state_dict(start)
-            trainer.save_checkpoint(checkpoint.format_checkpoint_name({}))
             best_path, best = checkpoint.format_checkpoint_name({}), start_loss
+            trainer.save_checkpoint(best_path)
             log.info("phase '%s': no epoch beat its starting validation loss %.4g; it ends "
                      "with its starting weights", phase.name, start_loss)  # fmt: skip
         elif best_path:  # read once: the weights, and the epoch they are from
@@ -201,8 +206,10 @@ def run_phase(
         "kept_start": kept_start,
         "stop_reason": stop,
         "best_checkpoint": _relative(best_path, run_dir),
-        # training (Lightning's Timer: a resumed phase adds the time up to its last
-        # checkpoint in earlier attempts) and testing this phase
-        "wall_seconds": round(fit_seconds(trainer) + time.monotonic() - fit_done, 1),
+        # validating its start, training (Lightning's Timer: a resumed phase adds the time
+        # up to its last checkpoint in earlier attempts) and testing this phase
+        "wall_seconds": round(
+            start_seconds + fit_seconds(trainer) + time.monotonic() - fit_done, 1
+        ),
         "test": test_metrics,
     }

@@ -278,11 +278,23 @@ def test_a_learning_rate_schedule_follows_each_phase_validation_loss(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_phase_no_epoch_of_which_beats_its_start_ends_with_its_starting_weights(tmp_path):
+def test_a_phase_no_epoch_of_which_beats_its_start_ends_with_its_starting_weights(
+    tmp_path, monkeypatch
+):
     # an improvement must exceed min_delta: with 100, no epoch of any phase is one
-    cfg = compose_config(smoke_overrides("callbacks.early_stopping.min_delta=100"), tmp_path)
+    profiler = (
+        "+trainer.profiler={_target_:lightning.pytorch.profilers.SimpleProfiler,filename:fit}"
+    )
+    cfg = compose_config(
+        smoke_overrides("callbacks.early_stopping.min_delta=100", profiler), tmp_path / "run"
+    )
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     results = train(cfg)
     assert results["status"] == "finished"
+    assert not list(elsewhere.iterdir())  # validating the start writes nothing outside the run
+    tmp_path = tmp_path / "run"
     for record in results["phases"]:
         assert record["kept_start"] and record["best_epoch"] is None
         assert record["best_val_loss"] == record["start_val_loss"]

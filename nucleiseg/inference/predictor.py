@@ -24,7 +24,6 @@ from nucleiseg.data.io import (
 )
 from nucleiseg.files.atomic import write_atomic
 from nucleiseg.inference.tiling import Predictor, predict_tiled
-from nucleiseg.models.dihedral import dihedral_tta
 from nucleiseg.postprocessing.watershed import (
     NUCLEUS_COLUMNS,
     InstanceSettings,
@@ -172,7 +171,6 @@ def predict_files(
     overlap: int = 64,
     batch_size: int = 4,
     blend: str = "gaussian",
-    tta: bool = False,
     device: str = "cpu",
     save_probability: bool = False,
     overwrite: bool = False,
@@ -187,8 +185,6 @@ def predict_files(
         normalisation) is applied to each whole image before tiling; overlays show the input."""
     stems = output_stems(inputs, out_dir)
     check_outputs(stems, overwrite)
-    if tta:
-        predict = dihedral_tta(predict)
     report = PredictionReport()
     for path in tqdm(inputs, desc="predicting", unit="image"):
         try:

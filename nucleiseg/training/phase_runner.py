@@ -176,8 +176,9 @@ def run_phase(
         stop = stop_reason(trainer, early_stopping, phase)
         best_epoch, best_path = None, checkpoint.best_model_path
         best = checkpoint.best_model_score
-        min_delta = float(cfg.callbacks.early_stopping.get("min_delta") or 0.0)
+        # an improvement as early stopping counts one (Lightning signs min_delta by mode);
         # an interrupted phase is resumed later: it keeps its best.ckpt as it is
+        min_delta = abs(float(early_stopping.min_delta))
         improved = best is not None and float(best) < start_loss - min_delta
         kept_start = not trainer.interrupted and not improved
         if kept_start:  # no epoch beat the start: the phase ends where it began

@@ -21,7 +21,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     from nucleiseg.data.whole import SplitAsTest, WholeDataset
     from nucleiseg.files.atomic import write_json_atomic
-    from nucleiseg.inference.loading import apply_input_mpp, load_model, resolve_tta
+    from nucleiseg.inference.loading import (
+        apply_input_mpp,
+        load_model,
+        native_grid_datamodule,
+        resolve_tta,
+    )  # fmt: skip
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -36,10 +41,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module.phase = "evaluate"
     module.tta = resolve_tta(module, cfg.get("tta"))
     input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
-    # scored at the data's own grid: the module resamples its input to the model's and back
-    datamodule = instantiate(cfg.dataset.datamodule, split_output=None, model_mpp=None,
-                             channels=list(module.channels))  # fmt: skip
-    datamodule.set_stain_normalizer(module.stain_normalizer)  # as the model was trained
+    datamodule = native_grid_datamodule(cfg.dataset, module)
     if split == "all":
         datamodule.source = WholeDataset(datamodule.source)
     elif split != "test":

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from nucleiseg.lightning.base import SegmentationModule
 from nucleiseg.training.builders import build_modules
 from nucleiseg.training.checkpoints import CheckpointError, read_checkpoint, stored_model_config
 
-__all__ = ["CheckpointError", "apply_input_mpp", "load_model", "resolve_tta"]
+__all__ = [
+    "CheckpointError", "apply_input_mpp", "load_model", "native_grid_datamodule", "resolve_tta",
+]  # fmt: skip
 log = logging.getLogger(__name__)
 
 
@@ -85,3 +88,15 @@ def resolve_tta(module: SegmentationModule, requested: bool | None) -> bool:
             str(tta).lower(),
         )  # fmt: skip
     return tta
+
+
+def native_grid_datamodule(dataset: DictConfig, module: SegmentationModule) -> Any:
+    """The datamodule of one dataset config for scoring ``module`` at the images' own pixel
+    grid (the module resamples its input to the model's and back), no split file written,
+    its stain normalised as the model was trained."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(dataset.datamodule, split_output=None, model_mpp=None,
+                             channels=list(module.channels))  # fmt: skip
+    datamodule.set_stain_normalizer(module.stain_normalizer)
+    return datamodule

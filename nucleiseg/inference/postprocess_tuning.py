@@ -156,7 +156,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from nucleiseg.files.atomic import write_json_atomic
-    from nucleiseg.inference.loading import apply_input_mpp, load_model
+    from nucleiseg.inference.loading import apply_input_mpp, load_model, native_grid_datamodule
 
     checkpoint = Path(cfg.ckpt)
     objective = str(cfg.get("objective", "count"))
@@ -170,12 +170,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             cfg.model.mpp, cfg.model.channels = module.mpp, list(module.channels)
         input_mpp = apply_input_mpp(module, module.mpp)
         datamodule = instantiate(cfg.dataset.datamodule, split_dir=None)
+        datamodule.set_stain_normalizer(module.stain_normalizer)  # as the model was trained
     else:
         input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
-        # at the data's own grid, as evaluate scores: the module resamples to the model's
-        datamodule = instantiate(cfg.dataset.datamodule, split_output=None, model_mpp=None,
-                                 channels=list(module.channels))  # fmt: skip
-    datamodule.set_stain_normalizer(module.stain_normalizer)  # as the model was trained
+        datamodule = native_grid_datamodule(cfg.dataset, module)  # as evaluate scores
     datamodule.setup("validate")
     probs, truths = validation_probabilities(module, output, datamodule)
     base = OmegaConf.to_container(cfg.postprocess, resolve=True)

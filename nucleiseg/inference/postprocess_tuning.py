@@ -12,11 +12,15 @@ masks (what post-processing alone miscounts) are scored beside it. It is written
 table of every candidate, to ``postprocess_tuning.json`` in the run dir, and into a copy of
 the checkpoint (``<name>.tuned.ckpt`` beside it, written atomically; the original is never
 changed), so ``predict`` and ``evaluate`` use the values the model was tuned with.
+With ``held_out=true`` it also reports, per objective, how its choice carries to images it
+was not chosen on (chosen on one half of the validation images, scored on the other, both
+ways): a way to pick the objective on the validation split alone.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nucleiseg.files.atomic import write_atomic
+
+log = logging.getLogger(__name__)
 
 
 def candidates(
@@ -45,20 +51,33 @@ def candidates(
 
 
 @torch.no_grad()
-def validation_probabilities(module, output: str, datamodule) -> tuple[list, list]:
+def validation_probabilities(module, output: str, datamodule) -> tuple[list, list, list]:
     """Probability maps and true instance maps of every validation image, computed as
     ``evaluate`` scores the test split: the datamodule's evaluation loader (its
     ``eval_transform``, whole images, batched alike) and the module's own forward (its
-    padding), so the settings are tuned on exactly what evaluation post-processes."""
-    probs, truths = [], []
+    padding), so the settings are tuned on exactly what evaluation post-processes. The
+    third list is each map's source (0, 1, ... in a mix's order; 0 for one dataset)."""
+    probs, truths, parts = [], [], []
     loaders = datamodule.val_dataloader()
-    for loader in loaders if isinstance(loaders, list) else [loaders]:  # a mix: per source
+    for part, loader in enumerate(loaders if isinstance(loaders, list) else [loaders]):
         for batch in loader:
             logits = module(batch["image"].to(module.device))[output]
             maps = torch.sigmoid(logits).float().cpu().numpy()  # (N, C, H, W)
             probs += [m[0] if len(m) == 1 else m for m in maps]
             truths += list(batch["instances"].numpy())
-    return probs, truths
+            parts += [part] * len(maps)
+    return probs, truths, parts
+
+
+def halves(parts: list[int]) -> list[int]:
+    """Two folds of the validation images: the first half of each source's images (in their
+    order, so the tiles of one source image mostly stay together) and the second half."""
+    folds, seen = [], {}
+    totals = {p: parts.count(p) for p in set(parts)}
+    for part in parts:
+        folds.append(int(seen.get(part, 0) >= (totals[part] + 1) // 2))
+        seen[part] = seen.get(part, 0) + 1
+    return folds
 
 
 def score(
@@ -67,16 +86,29 @@ def score(
     truths: list,
     factor: float = 1.0,
     channels: tuple[str, ...] = ("nucleus",),
-) -> dict[str, float]:
+    folds: list[int] | None = None,
+) -> dict[str, Any]:
     """Nucleus metrics of ``settings`` (in model pixels; the maps have ``factor`` pixels per
-    model pixel) on maps of ``channels``."""
+    model pixel) on maps of ``channels``; with ``folds`` (one fold id per map), each fold's
+    too, under ``"folds"`` (from the same instance maps: no extra post-processing)."""
     from nucleiseg.metrics.objects import NucleusMetrics
     from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_probability
 
     metric = NucleusMetrics()
+    by_fold = {f: NucleusMetrics() for f in sorted(set(folds))} if folds else {}
     instance_settings = InstanceSettings(**{**settings, "channels": channels}).scaled(factor)
-    for prob, truth in zip(probs, truths, strict=True):
-        metric.update(instances_from_probability(prob, instance_settings), truth)
+    for index, (prob, truth) in enumerate(zip(probs, truths, strict=True)):
+        instances = instances_from_probability(prob, instance_settings)
+        metric.update(instances, truth)
+        if folds:
+            by_fold[folds[index]].update(instances, truth)
+    values: dict[str, Any] = _figures(metric)
+    if folds:
+        values["folds"] = [_figures(m) for m in by_fold.values()]
+    return values
+
+
+def _figures(metric) -> dict[str, float]:
     values = {k: float(v) for k, v in metric.compute().items()}
     values["relative_abs_count_error"] = values["abs_count_error_pct"] / 100
     return values
@@ -107,6 +139,7 @@ def tune(
     factor: float = 1.0,
     channels: tuple[str, ...] = ("nucleus",),
     objective: str = "count",
+    folds: list[int] | None = None,
 ) -> dict:
     """Every candidate's validation scores, and the chosen settings (in model pixels; the
     maps have ``factor`` pixels per model pixel): by ``objective``, the smallest absolute
@@ -116,19 +149,43 @@ def tune(
     ``chosen_on_true_masks`` scores the chosen settings on the true masks themselves (the
     binary union of each true instance map as the "probability"): what the post-processing
     alone loses, so the rest of ``chosen_scores``' error is the model's.
+
+    With ``folds`` (two fold ids, one per map: :func:`halves`), ``held_out`` says how well
+    each objective's choice carries to images it was not chosen on: chosen on one fold,
+    scored on the other, both ways, averaged.
     """
     from nucleiseg.data.instance_targets import instance_targets
 
     rank = ranking(objective)
-    table = [{"settings": c, **score(c, probs, truths, factor, channels)}
+    table = [{"settings": c, **score(c, probs, truths, factor, channels, folds)}
              for c in candidates(grid, base, channels)]  # fmt: skip
     best = min(table, key=rank)
     # the true maps (the truth's own targets) as the "probabilities"
     true_maps = [instance_targets(np.asarray(t), channels) for t in truths]
     true_maps = [m[0] if len(m) == 1 else m for m in true_maps]
-    return {"objective": objective, "chosen": best["settings"], "chosen_scores": best,
-            "chosen_on_true_masks": score(best["settings"], true_maps, truths, factor, channels),
-            "candidates": table}  # fmt: skip
+    result = {"objective": objective, "chosen": best["settings"],
+              "chosen_scores": {k: v for k, v in best.items() if k != "folds"},
+              "chosen_on_true_masks": score(best["settings"], true_maps, truths, factor, channels),
+              "candidates": table}  # fmt: skip
+    if folds:
+        result["held_out"] = held_out(table)
+    return result
+
+
+HELD_OUT_FIGURES = ("aji", "pq", "det_f1", "relative_abs_count_error", "count_error")
+
+
+def held_out(table: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per objective: the figures of the candidate it chooses on one fold, scored on the
+    other (both ways, averaged): which objective's choice carries to unseen images."""
+    found = {}
+    for objective, key in OBJECTIVES.items():
+        scores = []
+        for chosen_on, scored_on in ((0, 1), (1, 0)):
+            best = min(table, key=lambda row, f=chosen_on: key(row["folds"][f]))
+            scores.append(best["folds"][scored_on])
+        found[objective] = {k: float(np.mean([s[k] for s in scores])) for k in HELD_OUT_FIGURES}
+    return found
 
 
 def write_tuned_checkpoint(
@@ -175,11 +232,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
         datamodule = native_grid_datamodule(cfg.dataset, module)  # as evaluate scores
     datamodule.setup("validate")
-    probs, truths = validation_probabilities(module, output, datamodule)
+    probs, truths, parts = validation_probabilities(module, output, datamodule)
     base = OmegaConf.to_container(cfg.postprocess, resolve=True)
     grid = OmegaConf.to_container(cfg.grid, resolve=True)
+    folds = halves(parts) if cfg.get("held_out") else None
     result = tune(probs, truths, grid, base, module.input_pixels_per_model_pixel,
-                  module.channels, objective)  # fmt: skip
+                  module.channels, objective, folds)  # fmt: skip
+    for name, figures in (result.get("held_out") or {}).items():
+        log.info("objective=%s chosen on one half of the validation images, scored on the "
+                 "other: AJI %.3f, PQ %.3f, detection F1 %.3f, abs. count error %.1f %%",
+                 name, figures["aji"], figures["pq"], figures["det_f1"],
+                 100 * figures["relative_abs_count_error"])  # fmt: skip
     result["checkpoint"] = str(checkpoint)
     result["input_mpp"], result["model_mpp"], result["tta"] = input_mpp, module.mpp, module.tta
     target = Path(cfg.tuned_ckpt) if cfg.get("tuned_ckpt") else None

@@ -105,7 +105,7 @@ def test_tuning_scores_the_validation_images_exactly_as_evaluation_scores_them(s
     crop = {"_target_": "albumentations.CenterCrop", "height": 40, "width": 56}
     datamodule = instantiate(cfg.dataset.datamodule, split_output=None, eval_transform=crop)
     datamodule.setup("fit")
-    probs, truths = validation_probabilities(module, output, datamodule)
+    probs, truths, _ = validation_probabilities(module, output, datamodule)
     settings = dict(module.instance_settings.__dict__)
     tuned = score(settings, probs, truths)
     datamodule.samples["test"] = datamodule.samples["val"]  # evaluate the validation images
@@ -185,3 +185,40 @@ def test_tuning_with_tta_is_stored_and_evaluation_follows_it(smoke_run, tmp_path
         overridden = scored(tuned_ckpt, "overridden", "+tta=false")
     assert overridden["tta"] is False
     assert "tuned with test-time augmentation and is now applied without it" in caplog.text
+
+
+def test_halves_split_each_source_in_two_in_order():
+    from nucleiseg.inference.postprocess_tuning import halves
+
+    assert halves([0, 0, 0, 1, 1]) == [0, 0, 1, 0, 1]
+    assert halves([0, 0, 0, 0]) == [0, 0, 1, 1]
+
+
+def test_held_out_scores_each_objectives_choice_on_the_fold_it_was_not_chosen_on():
+    from nucleiseg.inference.postprocess_tuning import OBJECTIVES, halves, score, tune
+
+    truth = np.zeros((64, 96), np.int32)
+    truth[disk((32, 24), 11)] = 1
+    truth[disk((32, 44), 11)] = 2  # two touching nuclei
+    truth[disk((32, 78), 6)] = 3
+    faint = np.where(truth > 0, 0.9, 0.0)
+    faint[disk((32, 78), 6)] = 0.45  # only the low threshold finds it
+    faint[disk((8, 8), 4)] = 0.45  # and a faint false one
+    plain = np.where(truth > 0, 0.9, 0.0)
+    probs, truths = [faint, faint, plain, plain], [truth] * 4
+    folds = halves([0, 0, 0, 0])
+    grid = {"threshold": [0.4, 0.5], "min_size": [5], "min_distance": [4, 30], "h": []}
+    result = tune(probs, truths, grid, {"fill_holes": True}, objective="aji", folds=folds)
+    settings = [row["settings"] for row in result["candidates"]]
+    for objective, key in OBJECTIVES.items():
+        carried = []
+        for chosen_on, scored_on in (([0, 1], [2, 3]), ([2, 3], [0, 1])):
+            pick = [probs[i] for i in chosen_on], [truths[i] for i in chosen_on]
+            best = min(settings, key=lambda c, pick=pick: key(score(c, *pick)))
+            carried.append(score(best, [probs[i] for i in scored_on],
+                                 [truths[i] for i in scored_on]))  # fmt: skip
+        for figure in ("aji", "pq", "relative_abs_count_error"):
+            expected = np.mean([c[figure] for c in carried])
+            assert result["held_out"][objective][figure] == pytest.approx(expected)
+    assert "folds" not in result["chosen_scores"]
+    assert "held_out" not in tune(probs, truths, grid, {"fill_holes": True})

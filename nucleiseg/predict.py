@@ -1,7 +1,9 @@
 """Entry point: ``python -m nucleiseg.predict ckpt=... input=... output=... [tta=true]``.
 
 Flat images (PNG/TIFF/JPEG, any size): tiled inference; per image a mask, a 16-bit instance
-map, an overlay and a CSV of nuclei (areas also in µm²) at the input's own size (``input_mpp``).
+map, an overlay and a CSV of nuclei (areas also in µm²) at the input's own size, read at
+``input_mpp`` or, unset, at the µm per pixel the file states (OME/ImageJ/TIFF tags, PNG pHYs;
+``nucleiseg.data.pixel_size``), else the model's own with a warning.
 Whole slides (.svs, .ndpi, pyramidal TIFF, ...): read at the model's pixel size from the
 slide's own µm per pixel (``input_mpp`` overrides it), tissue tiles only, nuclei as QuPath
 detections in ``<slide>.geojson``, a CSV, a tissue mask and an overlay; resumable.
@@ -21,6 +23,7 @@ def main(cfg: DictConfig) -> None:
     import logging
     from pathlib import Path
 
+    from nucleiseg.data.pixel_size import pixel_size_groups
     from nucleiseg.inference.loading import apply_input_mpp, load_model, resolve_tta
     from nucleiseg.inference.precision import choose_precision, onnx_predictor
     from nucleiseg.inference.predictor import expand_inputs, output_stems, predict_files
@@ -46,15 +49,16 @@ def main(cfg: DictConfig) -> None:
                                           cfg.device, onnx)  # fmt: skip
     predict = dihedral_tta(predict) if tta else predict
     failed, written = [], 0
-    if images:
-        input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
+    stems = output_stems(images, Path(cfg.output)) if images else {}
+    for stated, group in pixel_size_groups(images, cfg.get("input_mpp")).items():
+        input_mpp = apply_input_mpp(module, stated)  # None: the model's, with a warning
         report = predict_files(
-            predict, images, Path(cfg.output), module.input_settings(chosen),
+            predict, group, Path(cfg.output), module.input_settings(chosen),
             device=cfg.device, save_probability=cfg.save_probability, overwrite=cfg.overwrite,
             max_pixels=int(cfg.max_pixels), normalize=module.stain_normalizer, mpp=input_mpp,
-            **cfg.tiling,
+            stems=stems, **cfg.tiling,
         )  # fmt: skip
-        failed, written = report.failed, len(report.written)
+        failed, written = failed + report.failed, written + len(report.written)
     if slides:
         module.set_input_mpp(None)  # slides are read at the model's pixel size already
         settings = module.input_settings(chosen)  # the model's grid: unscaled

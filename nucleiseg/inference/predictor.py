@@ -177,13 +177,16 @@ def predict_files(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     normalize: Callable[[np.ndarray], np.ndarray] | None = None,
     mpp: float | None = None,
+    stems: dict[Path, Path] | None = None,
 ) -> PredictionReport:
     """Predict every input; a file that fails (unreadable, too large, out of memory) is
-        reported and skipped, the rest go on. Nothing is written where inputs live, and no
-        earlier output is replaced without ``overwrite``. ``mpp`` is the inputs' µm per pixel (for
-    the CSV's areas in µm²). ``normalize`` (the checkpoint's stain
-        normalisation) is applied to each whole image before tiling; overlays show the input."""
-    stems = output_stems(inputs, out_dir)
+    reported and skipped, the rest go on. Nothing is written where inputs live, and no
+    earlier output is replaced without ``overwrite``. ``mpp`` is the inputs' µm per pixel (for
+    the CSV's areas in µm²). ``normalize`` (the checkpoint's stain normalisation) is applied
+    to each whole image before tiling; overlays show the input. ``stems``: each input's
+    output prefix (default :func:`output_stems` of ``inputs``; a part of a larger set passes
+    the set's, so its outputs land where the whole set's would)."""
+    stems = {p: stems[p] for p in inputs} if stems else output_stems(inputs, out_dir)
     check_outputs(stems, overwrite)
     report = PredictionReport()
     for path in tqdm(inputs, desc="predicting", unit="image"):

@@ -14,6 +14,8 @@ from nucleiseg.inference.tiling import module_predictor
 from nucleiseg.postprocessing.watershed import InstanceSettings, describe_nuclei
 from nucleiseg.training.checkpoints import read_checkpoint
 
+from conftest import ROOT
+
 
 def finetune_checkpoint(smoke_run):
     run_dir, _ = smoke_run
@@ -119,3 +121,73 @@ def test_resampling_works_under_bf16_autocast(smoke_run):
     apply_input_mpp(module, 0.25)
     with torch.no_grad():
         assert predict(torch.rand(1, 3, 40, 52)).shape == (1, 1, 40, 52)
+
+
+def test_an_image_file_states_its_own_pixel_size_where_its_metadata_holds_a_microscopes(
+    tmp_path,
+):
+    import tifffile
+    from PIL import Image
+
+    from nucleiseg.data.pixel_size import stated_mpp
+
+    image = np.zeros((16, 16, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "cm.tif", image, resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
+    tifffile.imwrite(tmp_path / "imagej.tif", image, imagej=True, resolution=(4.0, 4.0),
+                     metadata={"unit": "micron"})  # fmt: skip
+    ome = {"axes": "YXS", "PhysicalSizeX": 0.2425, "PhysicalSizeXUnit": "µm"}
+    tifffile.imwrite(tmp_path / "ome.tif", image, ome=True, metadata=ome)
+    tifffile.imwrite(tmp_path / "bare.tif", image)
+    Image.fromarray(image).save(tmp_path / "editor.png", dpi=(72, 72))  # 353 µm: not a pixel size
+    Image.fromarray(image).save(tmp_path / "scanner.png", dpi=(25400 / 0.5, 25400 / 0.5))
+    Image.fromarray(image).save(tmp_path / "photo.jpg", dpi=(300, 300))
+    (tmp_path / "broken.tif").write_bytes(b"not a tiff")
+    stated = {p.name: stated_mpp(p) for p in sorted(tmp_path.iterdir())}
+    assert stated["cm.tif"] == pytest.approx(0.5)
+    assert stated["imagej.tif"] == pytest.approx(0.25)
+    assert stated["ome.tif"] == pytest.approx(0.2425)
+    assert stated["scanner.png"] == pytest.approx(0.5, rel=1e-3)
+    for name in ("bare.tif", "editor.png", "photo.jpg", "broken.tif"):
+        assert stated[name] is None, name
+
+
+def test_predict_reads_each_image_at_the_pixel_size_it_states(smoke_run, tmp_path):
+    import csv
+    import subprocess
+    import sys
+
+    import tifffile
+    from PIL import Image
+
+    from nucleiseg.data.resolution import resample_image
+    from nucleiseg.data.synthetic import SyntheticNuclei
+
+    tile = SyntheticNuclei(num_train=1, num_val=1, num_test=1, size=160, seed=3).split("test")
+    native = tile.images[0]  # at the model's 0.5 µm per pixel
+    inputs = tmp_path / "in"
+    (inputs / "stated").mkdir(parents=True)
+    (inputs / "plain").mkdir()
+    # the same tissue at 1.0 µm per pixel, saying so in its TIFF tags (pixels per cm)
+    tifffile.imwrite(inputs / "stated" / "coarse.tif", resample_image(native, (80, 80)),
+                     resolution=(1e4, 1e4), resolutionunit="CENTIMETER")  # fmt: skip
+    Image.fromarray(native).save(inputs / "plain" / "native.png")  # states nothing
+    out = tmp_path / "pred"
+    command = [sys.executable, "-m", "nucleiseg.predict", f"ckpt={finetune_checkpoint(smoke_run)}",
+               f"input={inputs}/**/*", f"output={out}", "tiling.tile=64",
+               "tiling.overlap=16", "postprocess={threshold: 0.0, min_size: 0}"]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-2000:]
+    assert "state 1 µm per pixel in their metadata" in log
+    assert "input_mpp not given" in log  # for the PNG, which states nothing
+    coarse = np.asarray(Image.open(out / "stated" / "coarse_instances.png"))
+    assert coarse.shape == (80, 80)  # outputs at the input's grid, under the set's layout
+    assert np.asarray(Image.open(out / "plain" / "native_instances.png")).shape == (160, 160)
+    # every pixel a nucleus (threshold 0): the CSV's areas in µm² say the size each was read at
+    areas = {}
+    for name, mpp in (("stated/coarse", 1.0), ("plain/native", 0.5)):
+        rows = list(csv.DictReader((out / f"{name}_nuclei.csv").open()))
+        for row in rows:
+            assert float(row["area_um2"]) == pytest.approx(float(row["area"]) * mpp**2, abs=1e-3)
+        areas[name] = sum(float(row["area_um2"]) for row in rows)
+    assert areas["stated/coarse"] == pytest.approx(areas["plain/native"]) == 80 * 80 * 1.0

@@ -118,16 +118,23 @@ def test_tuning_scores_the_validation_images_exactly_as_evaluation_scores_them(s
     assert tuned["count_error"] == pytest.approx(evaluated["count_error"], abs=1e-6)
 
 
-def test_each_objective_chooses_its_own_best_candidate():
-    from nucleiseg.inference.postprocess_tuning import tune
-
+def touching_and_faint_nuclei() -> tuple[np.ndarray, np.ndarray]:
+    """A truth of two touching nuclei and a third apart, and a map that finds the third
+    faintly (only the low threshold does) beside a faint false one of the same kind."""
     truth = np.zeros((64, 96), np.int32)
     truth[disk((32, 24), 11)] = 1
     truth[disk((32, 44), 11)] = 2  # two touching nuclei
     truth[disk((32, 78), 6)] = 3
     prob = np.where(truth > 0, 0.9, 0.0)
-    prob[disk((32, 78), 6)] = 0.45  # a faint nucleus: only the low threshold finds it
-    prob[disk((8, 8), 4)] = 0.45  # and a faint false one of the same kind
+    prob[disk((32, 78), 6)] = 0.45
+    prob[disk((8, 8), 4)] = 0.45
+    return truth, prob
+
+
+def test_each_objective_chooses_its_own_best_candidate():
+    from nucleiseg.inference.postprocess_tuning import tune
+
+    truth, prob = touching_and_faint_nuclei()
     grid = {"threshold": [0.4, 0.5], "min_size": [5], "min_distance": [4, 30], "h": []}
     results = {o: tune([prob], [truth], grid, {"fill_holes": True}, objective=o)
                for o in ("count", "aji", "pq")}  # fmt: skip
@@ -197,13 +204,7 @@ def test_halves_split_each_source_in_two_in_order():
 def test_held_out_scores_each_objectives_choice_on_the_fold_it_was_not_chosen_on():
     from nucleiseg.inference.postprocess_tuning import OBJECTIVES, halves, score, tune
 
-    truth = np.zeros((64, 96), np.int32)
-    truth[disk((32, 24), 11)] = 1
-    truth[disk((32, 44), 11)] = 2  # two touching nuclei
-    truth[disk((32, 78), 6)] = 3
-    faint = np.where(truth > 0, 0.9, 0.0)
-    faint[disk((32, 78), 6)] = 0.45  # only the low threshold finds it
-    faint[disk((8, 8), 4)] = 0.45  # and a faint false one
+    truth, faint = touching_and_faint_nuclei()
     plain = np.where(truth > 0, 0.9, 0.0)
     probs, truths = [faint, faint, plain, plain], [truth] * 4
     folds = halves([0, 0, 0, 0])

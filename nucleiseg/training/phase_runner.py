@@ -4,7 +4,8 @@ the phase's record for ``results.json`` returned.
 The best weights are the best the phase has seen on validation, its starting weights
 included: the weights it starts from are validated first, and a phase none of whose epochs
 beats them by early stopping's ``min_delta`` (a fine-tuning that only made the model worse)
-ends with them, saved as its ``best.ckpt`` (``kept_start`` in its record).
+ends with them, saved as its ``best.ckpt`` (``kept_start`` in its record). Early stopping
+counts its patience from them too, so such a phase stops after ``patience`` epochs.
 
 A phase finished in an earlier attempt (``resume=auto``) goes through the same function: its
 record is reused and its best weights loaded instead of training it again.
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
 from omegaconf import DictConfig
@@ -91,7 +93,10 @@ def fit_seconds(trainer: L.Trainer) -> float:
 def stop_reason(trainer: L.Trainer, early_stopping: EarlyStopping, phase: Phase) -> str:
     if trainer.interrupted:
         return "interrupted"
-    if early_stopping.stopped_epoch > 0:
+    # stopped_epoch stays 0 when early stopping ends a phase in its first epoch (patience 1,
+    # no epoch beat the start): then the spent patience says it
+    spent = trainer.should_stop and early_stopping.wait_count >= early_stopping.patience
+    if early_stopping.stopped_epoch > 0 or spent:
         return "early_stopping"
     return "max_epochs" if trainer.current_epoch >= phase.max_epochs else "stopped"
 
@@ -171,6 +176,10 @@ def run_phase(
         start_loss = start_val_loss(cfg, phase, index, module, datamodule, epoch_offset,
                                     run_dir / "checkpoints" / phase.name)  # fmt: skip
         start_seconds = time.monotonic() - began
+        # early stopping's patience counts from the best seen, the start included: a phase
+        # none of whose first `patience` epochs beats its start stops there (a resumed
+        # phase's own EarlyStopping state, read from last.ckpt, replaces this)
+        early_stopping.best_score = torch.tensor(start_loss)
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         fit_done = time.monotonic()  # the rest: best weights back, testing
         stop = stop_reason(trainer, early_stopping, phase)

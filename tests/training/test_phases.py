@@ -298,6 +298,8 @@ def test_a_phase_no_epoch_of_which_beats_its_start_ends_with_its_starting_weight
     for record in results["phases"]:
         assert record["kept_start"] and record["best_epoch"] is None
         assert record["best_val_loss"] == record["start_val_loss"]
+        # patience (1) counts from the start: no epoch beat it, so one epoch, not two
+        assert record["epochs"] == 1 and record["stop_reason"] == "early_stopping"
 
     def weights(phase):
         return torch.load(tmp_path / "checkpoints" / phase / "best.ckpt", weights_only=True)[

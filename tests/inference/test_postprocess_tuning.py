@@ -223,3 +223,17 @@ def test_held_out_scores_each_objectives_choice_on_the_fold_it_was_not_chosen_on
             assert result["held_out"][objective][figure] == pytest.approx(expected)
     assert "folds" not in result["chosen_scores"]
     assert "held_out" not in tune(probs, truths, grid, {"fill_holes": True})
+
+
+def test_a_recipe_sets_its_tuning_objective_and_the_command_line_wins():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+
+    def objective(*overrides: str) -> str:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("tune_postprocess", overrides=["ckpt=x", *overrides]).objective
+
+    assert objective() == "count"
+    assert objective("experiment=generalist_cpu") == "aji"  # chosen on held-out validation
+    assert objective("experiment=generalist_cpu", "objective=pq") == "pq"

@@ -140,3 +140,19 @@ def module_predictor(module, output: str) -> Predictor:
         return torch.sigmoid(module(batch.to(module.device))[output])
 
     return predict
+
+
+def at_input_grid(predict: Predictor, factor: float) -> Predictor:
+    """``predict`` (which sees its batch as the model's grid: an exported model) for inputs
+    whose pixels are ``1 / factor`` model pixels: the batch resampled to the model's grid
+    and the probabilities back (``factor`` from ``module.input_pixels_per_model_pixel``)."""
+    from nucleiseg.models.resampling import resample_batch, scaled_size
+
+    if factor == 1.0:
+        return predict
+
+    def resampled(batch: torch.Tensor) -> torch.Tensor:
+        size = tuple(batch.shape[-2:])
+        return resample_batch(predict(resample_batch(batch, scaled_size(size, 1 / factor))), size)
+
+    return resampled

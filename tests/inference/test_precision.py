@@ -33,6 +33,28 @@ def test_onnx_runtime_gives_the_float32_probabilities(model, tmp_path):
     assert list(tmp_path.iterdir()) == [tmp_path / "m.onnx"]
 
 
+def test_the_exported_model_sees_inputs_at_another_pixel_size_resampled(model, tmp_path):
+    from nucleiseg.inference.loading import apply_input_mpp
+    from nucleiseg.inference.tiling import at_input_grid
+
+    module, output = model
+    sample = sample_tile(96)
+    apply_input_mpp(module, 1.0)  # each input pixel two model pixels wide: the module resamples
+    try:
+        with torch.no_grad():
+            expected = module_predictor(module, output)(sample)
+        onnx = onnx_predictor(module, tmp_path / "m.onnx")  # it does not: it sees its batch
+        got = at_input_grid(onnx, module.input_pixels_per_model_pixel)(sample)
+        unresampled = onnx(sample)
+    finally:
+        apply_input_mpp(module, None)
+    assert got.shape == expected.shape
+    gap, wrong = float((got - expected).abs().max()), float((unresampled - expected).abs().max())
+    assert gap < 1e-3  # here 2e-5: probabilities resampled back, not logits
+    assert wrong > 10 * max(gap, 1e-4)  # here 0.014 for the weak smoke model
+    assert at_input_grid(onnx, 1.0) is onnx
+
+
 def test_bf16_autocast_stays_close_to_float32(model):
     module, output = model
     predict = module_predictor(module, output)

@@ -94,3 +94,15 @@ def test_the_matrix_on_two_toy_sources_writes_every_cell_and_resumes_without_ret
     assert {
         p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()
     } == stamps
+
+
+def test_the_documented_smaller_tuning_grid_parses_as_a_command_line_gives_it():
+    import re
+
+    from hydra import compose, initialize_config_dir
+
+    comment = (CONF_DIR / "generalization.yaml").read_text()
+    example = re.search(r"'(tune=\[.*\])'", comment).group(1)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("generalization", overrides=[example])
+    assert list(cfg.tune) == ["grid.threshold=[0.5]", "grid.min_distance=[4,8]"]

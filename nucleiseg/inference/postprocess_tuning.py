@@ -157,6 +157,11 @@ def tune(
     from nucleiseg.data.instance_targets import instance_targets
 
     rank = ranking(objective)
+    if folds and sorted(set(folds)) != [0, 1]:
+        raise ValueError(
+            f"held_out=true compares two halves of the validation images, and {len(probs)} "
+            "image(s) make one: leave held_out=false, or validate on more images"
+        )
     table = [{"settings": c, **score(c, probs, truths, factor, channels, folds)}
              for c in candidates(grid, base, channels)]  # fmt: skip
     best = min(table, key=rank)

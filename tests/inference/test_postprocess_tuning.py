@@ -223,6 +223,8 @@ def test_held_out_scores_each_objectives_choice_on_the_fold_it_was_not_chosen_on
             assert result["held_out"][objective][figure] == pytest.approx(expected)
     assert "folds" not in result["chosen_scores"]
     assert "held_out" not in tune(probs, truths, grid, {"fill_holes": True})
+    with pytest.raises(ValueError, match="held_out=true compares two halves"):
+        tune(probs[:1], truths[:1], grid, {"fill_holes": True}, folds=halves([0]))
 
 
 def test_a_recipe_sets_its_tuning_objective_and_the_command_line_wins():

@@ -23,11 +23,10 @@ def main(cfg: DictConfig) -> None:
     import logging
     from pathlib import Path
 
-    from nucleiseg.data.pixel_size import pixel_size_groups
-    from nucleiseg.inference.loading import apply_input_mpp, load_model, resolve_tta
+    from nucleiseg.inference.loading import load_model, resolve_tta
     from nucleiseg.inference.precision import choose_precision, onnx_predictor
-    from nucleiseg.inference.predictor import expand_inputs, output_stems, predict_files
-    from nucleiseg.inference.tiling import at_input_grid, module_predictor
+    from nucleiseg.inference.predictor import expand_inputs, output_stems, predict_image_files
+    from nucleiseg.inference.tiling import module_predictor
     from nucleiseg.models.dihedral import dihedral_tta
     from nucleiseg.postprocessing.watershed import InstanceSettings
     from nucleiseg.wsi.batch import predict_slide_files
@@ -49,18 +48,13 @@ def main(cfg: DictConfig) -> None:
                                           cfg.device, onnx)  # fmt: skip
     predict = dihedral_tta(predict) if tta else predict
     failed, written = [], 0
-    stems = output_stems(images, Path(cfg.output)) if images else {}
-    for stated, group in pixel_size_groups(images, cfg.get("input_mpp")).items():
-        input_mpp = apply_input_mpp(module, stated)  # None: the model's, with a warning
-        # the module resamples its own input; the exported model (ONNX) sees what it is given
-        factor = module.input_pixels_per_model_pixel if precision == "onnx" else 1.0
-        report = predict_files(
-            at_input_grid(predict, factor), group, Path(cfg.output), module.input_settings(chosen),
+    if images:
+        report = predict_image_files(
+            predict, module, images, Path(cfg.output), chosen, cfg.get("input_mpp"), precision,
             device=cfg.device, save_probability=cfg.save_probability, overwrite=cfg.overwrite,
-            max_pixels=int(cfg.max_pixels), normalize=module.stain_normalizer, mpp=input_mpp,
-            stems=stems, **cfg.tiling,
+            max_pixels=int(cfg.max_pixels), **cfg.tiling,
         )  # fmt: skip
-        failed, written = failed + report.failed, written + len(report.written)
+        failed, written = report.failed, len(report.written)
     if slides:
         module.set_input_mpp(None)  # slides are read at the model's pixel size already
         settings = module.input_settings(chosen)  # the model's grid: unscaled

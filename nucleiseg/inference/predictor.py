@@ -206,3 +206,36 @@ def predict_files(
             log.error("failed: '%s': %s", path, message)
             report.failed.append((path, message))
     return report
+
+
+def predict_image_files(
+    predict: Predictor,
+    module,
+    images: list[Path],
+    out_dir: Path,
+    settings: InstanceSettings | None,
+    input_mpp: float | None,
+    precision: str,
+    **options,
+) -> PredictionReport:
+    """:func:`predict_files` for flat images, each at ``input_mpp`` or, unset, at the µm per
+    pixel its file states (``nucleiseg.data.pixel_size``; else the model's, with a warning),
+    resampled to ``module``'s and back; one output layout for them all. ``settings``: the
+    post-processing in model pixels (None: the checkpoint's). The exported model
+    (``precision`` onnx) cannot resample its input: it is resampled around it."""
+    from nucleiseg.data.pixel_size import pixel_size_groups
+    from nucleiseg.inference.loading import apply_input_mpp
+    from nucleiseg.inference.tiling import at_input_grid
+
+    report, stems = PredictionReport(), output_stems(images, out_dir)
+    check_outputs(stems, options.get("overwrite", False))  # all of them, before any is written
+    for stated, group in pixel_size_groups(images, input_mpp).items():
+        mpp = apply_input_mpp(module, stated)  # None: the model's, with a warning
+        factor = module.input_pixels_per_model_pixel if precision == "onnx" else 1.0
+        part = predict_files(
+            at_input_grid(predict, factor), group, out_dir, module.input_settings(settings),
+            normalize=module.stain_normalizer, mpp=mpp, stems=stems, **options,
+        )  # fmt: skip
+        report.written += part.written
+        report.failed += part.failed
+    return report

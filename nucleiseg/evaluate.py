@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
+    from nucleiseg.data.mix import is_mix
     from nucleiseg.data.whole import SplitAsTest, WholeDataset
     from nucleiseg.files.atomic import write_json_atomic
     from nucleiseg.inference.loading import (
@@ -30,7 +31,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if "sources" in cfg.dataset:
+    if is_mix(cfg.dataset):
         raise ValueError(
             f"evaluate scores one dataset at a time, and dataset={cfg.dataset.name} is a mix: "
             f"score each source (dataset=<{'|'.join(cfg.dataset.sources)}>) or "

@@ -34,6 +34,11 @@ from nucleiseg.data.splits import SPLITS
 log = logging.getLogger(__name__)
 
 
+def is_mix(dataset_cfg: Mapping) -> bool:
+    """Whether a dataset config is a mix of sources (``dataset=mix``) rather than one dataset."""
+    return "sources" in dataset_cfg
+
+
 def source_datamodule(name: str, source: Any) -> NucleiDataModule:
     """The datamodule of source ``name``: a dataset config's instantiated ``datamodule``
     (``dataset.sources.<name>``), or a datamodule itself."""

@@ -3,8 +3,9 @@
 
 Every combination of threshold, watershed markers (distance-transform peaks ``min_distance``
 apart, or h-maxima of depth ``h``; for instance-aware models the level ``marker_threshold``
-of their marker map) and minimum size in ``grid`` is scored on the validation
-images (never the test split); the chosen one has (``objective``) the smallest absolute
+of their marker map), minimum size, and minimum size of the fragments at the image's edge
+(``border_min_size``) in ``grid`` is scored on the validation images (never the test
+split); the chosen one has (``objective``) the smallest absolute
 nucleus-count error relative to the true count, ties broken by AJI, or the highest AJI or
 PQ, ties broken by the count error. With ``tta`` the maps are averaged over the 8 dihedral
 views first (and the tuned checkpoint says so). The same settings applied to the true
@@ -40,8 +41,12 @@ def candidates(
     instance-aware model's (``channels`` beyond the nucleus) markers come from its own maps:
     its knob is ``marker_threshold``."""
     found = []
-    for threshold, min_size in itertools.product(grid["threshold"], grid["min_size"]):
-        common = {**base, "threshold": threshold, "min_size": min_size}
+    # a grid without border_min_size keeps the base's (the config's postprocess)
+    border_sizes = grid.get("border_min_size") or [base.get("border_min_size")]
+    sizes = itertools.product(grid["threshold"], grid["min_size"], border_sizes)
+    for threshold, min_size, border_min_size in sizes:
+        common = {**base, "threshold": threshold, "min_size": min_size,
+                  "border_min_size": border_min_size}  # fmt: skip
         if len(channels) > 1:
             found += [{**common, "marker_threshold": m} for m in grid["marker_threshold"]]
             continue
@@ -217,6 +222,7 @@ def write_tuned_checkpoint(
 def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
+    from nucleiseg.data.mix import is_mix
     from nucleiseg.files.atomic import write_json_atomic
     from nucleiseg.inference.loading import apply_input_mpp, load_model, native_grid_datamodule
 
@@ -225,7 +231,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ranking(objective)  # refused before the maps are computed
     module, output = load_model(checkpoint)
     module.tta = bool(cfg.get("tta", False))
-    if "sources" in cfg.dataset:
+    if is_mix(cfg.dataset):
         # a mix (dataset=mix): its sources differ in pixel size, so every validation split
         # is resampled to the model's grid (as in training) and tuned there, pooled
         with open_dict(cfg):

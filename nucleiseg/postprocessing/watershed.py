@@ -21,7 +21,7 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 from skimage.measure import regionprops_table
 from skimage.morphology import h_maxima, remove_small_objects
-from skimage.segmentation import watershed
+from skimage.segmentation import clear_border, watershed
 
 
 @dataclass
@@ -29,6 +29,9 @@ class InstanceSettings:
     threshold: float = 0.5
     min_distance: int = 4  # pixels between nucleus centres (watershed markers)
     min_size: int = 10  # smaller objects are dropped (pixels)
+    # objects touching the image's edge are nuclei cut by it: kept down to this size
+    # (pixels; None: min_size, as any other object)
+    border_min_size: int | None = None
     fill_holes: bool = True
     markers: str = "peaks"  # "peaks" (min_distance apart) or "h_maxima" (depth h)
     h: float = 1.0  # h-maxima depth in pixels of the distance transform
@@ -53,17 +56,34 @@ class InstanceSettings:
             self,
             min_distance=max(1, round(self.min_distance * factor)),
             min_size=max(0, round(self.min_size * factor**2)),
+            border_min_size=(
+                None
+                if self.border_min_size is None
+                else max(0, round(self.border_min_size * factor**2))
+            ),
             h=self.h * factor,
         )
 
 
+def _without_objects_under(mask: np.ndarray, size: int) -> np.ndarray:
+    return remove_small_objects(mask, max_size=size - 1) if size > 0 else mask
+
+
 def cleaned_mask(mask: np.ndarray, settings: InstanceSettings) -> np.ndarray:
-    """The thresholded nucleus mask with holes filled and objects under ``min_size`` dropped."""
+    """The thresholded nucleus mask with holes filled and objects under ``min_size`` dropped;
+    objects touching the image's edge under ``border_min_size`` where it is set. A nucleus
+    cut by the edge of a tile or an image is a fragment, so its size is no sign of noise
+    (a quarter of CoNSeP's tiles' true nuclei touch their edge, and 4 % of all are
+    fragments under 30 px)."""
     if settings.fill_holes:
         mask = ndimage.binary_fill_holes(mask)
-    if settings.min_size > 0:
-        mask = remove_small_objects(mask, max_size=settings.min_size - 1)
-    return mask
+    border_size = settings.border_min_size
+    if border_size is None or border_size == settings.min_size:
+        return _without_objects_under(mask, settings.min_size)
+    inner = clear_border(mask)
+    return _without_objects_under(inner, settings.min_size) | _without_objects_under(
+        mask & ~inner, border_size
+    )
 
 
 def filled_watershed(height: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,0 +1,74 @@
+"""Probability -> nuclei: the minimum size, and the fragments of nuclei cut by the image's edge."""
+
+from __future__ import annotations
+
+import numpy as np
+from skimage.draw import disk
+
+from nucleiseg.inference.postprocess_tuning import candidates
+from nucleiseg.postprocessing.watershed import (
+    InstanceSettings,
+    instances_from_maps,
+    instances_from_mask,
+)
+
+
+def fragment_speck_and_nucleus() -> np.ndarray:
+    """A 64 px image: a nucleus cut by the left edge (a 12 px sliver), a 13 px speck inside,
+    and a whole nucleus."""
+    mask = np.zeros((64, 64), bool)
+    mask[30:34, 0:3] = True  # the sliver of a nucleus whose rest lies beyond the edge
+    mask[disk((12, 40), 2)] = True  # an interior speck
+    mask[disk((45, 40), 7)] = True  # a whole nucleus
+    return mask
+
+
+def test_a_nucleus_cut_by_the_image_edge_is_kept_down_to_border_min_size():
+    mask = fragment_speck_and_nucleus()
+    kept = instances_from_mask(mask, InstanceSettings(min_size=30, border_min_size=5))
+    assert kept[31, 1] > 0  # the sliver at the edge
+    assert kept[12, 40] == 0  # the speck inside is still dropped
+    assert kept[45, 40] > 0
+    assert len(np.unique(kept)) - 1 == 2
+
+
+def test_without_border_min_size_every_object_under_min_size_is_dropped():
+    mask = fragment_speck_and_nucleus()
+    for border_min_size in (None, 30):
+        settings = InstanceSettings(min_size=30, border_min_size=border_min_size)
+        kept = instances_from_mask(mask, settings)
+        assert kept[31, 1] == 0 and kept[12, 40] == 0
+        assert len(np.unique(kept)) - 1 == 1
+
+
+def test_a_fragment_under_border_min_size_is_dropped_too():
+    kept = instances_from_mask(
+        fragment_speck_and_nucleus(), InstanceSettings(min_size=30, border_min_size=20)
+    )
+    assert kept[31, 1] == 0
+
+
+def test_instance_aware_maps_keep_edge_fragments_alike():
+    mask = fragment_speck_and_nucleus()
+    maps = np.stack([mask.astype(np.float32), np.zeros(mask.shape, np.float32)])
+    settings = InstanceSettings(min_size=30, border_min_size=5, channels=("nucleus", "contour"))
+    kept = instances_from_maps(maps, settings)
+    assert kept[31, 1] > 0 and kept[12, 40] == 0
+
+
+def test_border_min_size_scales_with_the_grid_as_an_area():
+    settings = InstanceSettings(min_size=10, border_min_size=4)
+    assert settings.scaled(2.0).border_min_size == 16
+    assert settings.scaled(2.0).min_size == 40
+    assert InstanceSettings(min_size=10).scaled(2.0).border_min_size is None
+
+
+def test_the_tuning_grid_tries_each_border_min_size_and_keeps_the_base_without_one():
+    grid = {"threshold": [0.5], "min_size": [10, 30], "min_distance": [4], "h": []}
+    base = {"fill_holes": True, "border_min_size": 3}
+    assert {c["border_min_size"] for c in candidates(grid, base)} == {3}
+    found = candidates({**grid, "border_min_size": [None, 5]}, base)
+    assert len(found) == 4
+    assert sorted((c["min_size"], c["border_min_size"] or 0) for c in found) == [
+        (10, 0), (10, 5), (30, 0), (30, 5)
+    ]  # fmt: skip

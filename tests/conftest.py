@@ -55,10 +55,7 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 # a 2-candidate post-processing grid (tune_postprocess), for toy runs that tune
-TINY_GRID = [
-    "grid.threshold=[0.5]", "grid.min_size=[10]", "grid.border_min_size=[]",
-    "grid.min_distance=[4,8]", "grid.h=[]",
-]  # fmt: skip
+TINY_GRID = ["grid.threshold=[0.5]", "grid.min_size=[10]", "grid.min_distance=[4,8]", "grid.h=[]"]
 
 MIX_OVERRIDES = ["experiment=smoke", "dataset=mix_synthetic", "trainer.enable_progress_bar=false"]
 

@@ -52,15 +52,16 @@ class InstanceSettings:
         by ``factor``, areas by its square."""
         if factor == 1.0:
             return self
+
+        def area(size: int) -> int:
+            return max(0, round(size * factor**2))
+
+        border = self.border_min_size
         return replace(
             self,
             min_distance=max(1, round(self.min_distance * factor)),
-            min_size=max(0, round(self.min_size * factor**2)),
-            border_min_size=(
-                None
-                if self.border_min_size is None
-                else max(0, round(self.border_min_size * factor**2))
-            ),
+            min_size=area(self.min_size),
+            border_min_size=None if border is None else area(border),
             h=self.h * factor,
         )
 

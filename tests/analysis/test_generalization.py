@@ -106,3 +106,33 @@ def test_the_documented_smaller_tuning_grid_parses_as_a_command_line_gives_it():
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("generalization", overrides=[example])
     assert list(cfg.tune) == ["grid.threshold=[0.5]", "grid.min_distance=[4,8]"]
+
+
+def dataset_roots(cfg) -> list[str]:
+    """The data folders a composed training config reads (a mix: each source's)."""
+    sources = cfg.dataset.get("sources") or {"": cfg.dataset}
+    return [str(source.root) for source in sources.values()]
+
+
+@pytest.mark.parametrize("rows", sorted(p.stem for p in (CONF_DIR / "rows").glob("*.yaml")))
+def test_every_row_of_every_rows_file_composes_as_a_training_run_on_data_dir(rows):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        matrix = compose("generalization", overrides=[f"rows={rows}", "data_dir=/my/data"])
+        assert matrix.train, f"conf/rows/{rows}.yaml trains nothing"
+        for name, overrides in matrix.train.items():
+            cfg = compose("config", overrides=[str(o) for o in overrides])
+            roots = dataset_roots(cfg)
+            assert roots and all(r.startswith("/my/data/") for r in roots), (rows, name, roots)
+
+
+def test_the_stain_rows_switch_off_every_lever_but_the_stain_re_mixing():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        matrix = compose("generalization", overrides=["rows=stain"])
+        for name, overrides in matrix.train.items():
+            levers = compose("config", overrides=[str(o) for o in overrides]).robustness
+            on = {k for k, p in levers.items() if k != "scale_range" and p > 0}
+            assert on == {"stain"}, (name, dict(levers))

@@ -111,6 +111,18 @@ def test_the_generalist_mix_reads_tnbc_and_consep_split_by_their_own_rules(tmp_p
     assert len({n.rsplit("_", 1)[0] for n in consep}) == 5  # whole source images
 
 
+def test_the_generalist_draws_each_source_as_often_as_its_own_preset_does(tmp_path):
+    data = shared_dataset("consep").parent
+    shared_dataset("TNBC_NucleiSegmentation")
+    cfg = compose_config(["experiment=generalist_cpu", f"paths.data_dir={data}"], tmp_path)
+    datamodule = instantiate(cfg.dataset.datamodule)
+    datamodule.setup("fit")
+    sizes = [len(d) for d in datamodule.dataset("train").datasets]
+    assert sizes == [60, 352]  # TNBC's 30 training images twice, CoNSeP's 352 tiles once
+    draws = [share * sum(sizes) for share in datamodule.source_weights.values()]
+    assert draws == pytest.approx(sizes, abs=1)
+
+
 def test_a_resumed_mix_draws_the_batches_the_uninterrupted_one_draws(tmp_path):
     """The sampling generator and every source's augmentation states travel in the
     checkpoint (``state_dict``): a resumed run's next batch is the one it would have drawn."""

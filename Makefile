@@ -75,7 +75,7 @@ consep-cpu:  ## CoNSeP on a 2-core CPU: train at MPP (0.25: its native 40x; 0.5:
 	$(PYTHON) -m nucleiseg.tune_postprocess experiment=consep_cpu dataset.root=$(CONSEP_ROOT) ckpt=$(CONSEP_RUN)/checkpoints/finetune/best.ckpt paths.output_dir=$(CONSEP_RUN)/tuning $(ARGS) $(TUNE_ARGS)
 	$(PYTHON) -m nucleiseg.evaluate experiment=consep_cpu dataset.root=$(CONSEP_ROOT) ckpt=$(CONSEP_RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(CONSEP_RUN)/eval_test trainer.precision=32-true $(ARGS)
 
-generalist:  ## a model for slides of other labs: TNBC + CoNSeP, robust augmentation, contours; train, tune on both validation splits, score each test split (DATA=data, GENERALIST_RUN=outputs/generalist_cpu)
+generalist:  ## a model for slides of other labs: TNBC + CoNSeP, stain augmentation, contours; train, tune on both validation splits, score each test split (DATA=data, GENERALIST_RUN=outputs/generalist_cpu)
 	$(PYTHON) -m nucleiseg.train experiment=generalist_cpu paths.data_dir=$(DATA) paths.output_dir=$(GENERALIST_RUN) $(ARGS)
 	$(PYTHON) -m nucleiseg.tune_postprocess experiment=generalist_cpu paths.data_dir=$(DATA) ckpt=$(GENERALIST_RUN)/checkpoints/finetune/best.ckpt paths.output_dir=$(GENERALIST_RUN)/tuning $(ARGS) $(TUNE_ARGS)
 	$(PYTHON) -m nucleiseg.evaluate dataset=tnbc dataset.root=$(TNBC_ROOT) ckpt=$(GENERALIST_RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(GENERALIST_RUN)/eval_tnbc trainer.precision=32-true

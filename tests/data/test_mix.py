@@ -98,11 +98,16 @@ def test_results_have_a_test_row_per_source_that_evaluate_reproduces(mix_run, tm
     )
 
 
-def test_the_generalist_mix_reads_tnbc_and_consep_split_by_their_own_rules(tmp_path):
+def generalist_datamodule(tmp_path):
+    """experiment=generalist_cpu's mix on the shared TNBC and CoNSeP copies."""
     data = shared_dataset("consep").parent
     shared_dataset("TNBC_NucleiSegmentation")
     cfg = compose_config(["experiment=generalist_cpu", f"paths.data_dir={data}"], tmp_path)
-    datamodule = instantiate(cfg.dataset.datamodule)
+    return instantiate(cfg.dataset.datamodule)
+
+
+def test_the_generalist_mix_reads_tnbc_and_consep_split_by_their_own_rules(tmp_path):
+    datamodule = generalist_datamodule(tmp_path)
     datamodule.setup("validate")
     loaders = datamodule.val_dataloader()
     assert [len(loader.dataset) for loader in loaders] == [10, 80]  # TNBC 10, CoNSeP 5 x 16
@@ -112,10 +117,7 @@ def test_the_generalist_mix_reads_tnbc_and_consep_split_by_their_own_rules(tmp_p
 
 
 def test_the_generalist_draws_each_source_as_often_as_its_own_preset_does(tmp_path):
-    data = shared_dataset("consep").parent
-    shared_dataset("TNBC_NucleiSegmentation")
-    cfg = compose_config(["experiment=generalist_cpu", f"paths.data_dir={data}"], tmp_path)
-    datamodule = instantiate(cfg.dataset.datamodule)
+    datamodule = generalist_datamodule(tmp_path)
     datamodule.setup("fit")
     sizes = [len(d) for d in datamodule.dataset("train").datasets]
     assert sizes == [60, 352]  # TNBC's 30 training images twice, CoNSeP's 352 tiles once

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from nucleiseg.analysis.generalization import generalization_call, plan
 
-from conftest import CONF_DIR, TINY_GRID
+from conftest import CONF_DIR, TINY_GRID, compose_config
 
 TINY = ["experiment=smoke", "stage.max_epochs=1", "figures.test_images=0",
         "trainer.enable_progress_bar=false"]  # fmt: skip
@@ -114,25 +114,26 @@ def dataset_roots(cfg) -> list[str]:
     return [str(source.root) for source in sources.values()]
 
 
-@pytest.mark.parametrize("rows", sorted(p.stem for p in (CONF_DIR / "rows").glob("*.yaml")))
-def test_every_row_of_every_rows_file_composes_as_a_training_run_on_data_dir(rows):
+def rows_training_configs(rows: str, *overrides: str) -> dict:
+    """conf/rows/<rows>.yaml's training runs: name -> the config its overrides compose."""
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        matrix = compose("generalization", overrides=[f"rows={rows}", "data_dir=/my/data"])
-        assert matrix.train, f"conf/rows/{rows}.yaml trains nothing"
-        for name, overrides in matrix.train.items():
-            cfg = compose("config", overrides=[str(o) for o in overrides])
-            roots = dataset_roots(cfg)
-            assert roots and all(r.startswith("/my/data/") for r in roots), (rows, name, roots)
+        matrix = compose("generalization", overrides=[f"rows={rows}", *overrides])
+    return {name: compose_config([str(o) for o in row]) for name, row in matrix.train.items()}
+
+
+@pytest.mark.parametrize("rows", sorted(p.stem for p in (CONF_DIR / "rows").glob("*.yaml")))
+def test_every_row_of_every_rows_file_composes_as_a_training_run_on_data_dir(rows):
+    configs = rows_training_configs(rows, "data_dir=/my/data")
+    assert configs, f"conf/rows/{rows}.yaml trains nothing"
+    for name, cfg in configs.items():
+        roots = dataset_roots(cfg)
+        assert roots and all(r.startswith("/my/data/") for r in roots), (rows, name, roots)
 
 
 def test_the_stain_rows_switch_off_every_lever_but_the_stain_re_mixing():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        matrix = compose("generalization", overrides=["rows=stain"])
-        for name, overrides in matrix.train.items():
-            levers = compose("config", overrides=[str(o) for o in overrides]).robustness
-            on = {k for k, p in levers.items() if k != "scale_range" and p > 0}
-            assert on == {"stain"}, (name, dict(levers))
+    for name, cfg in rows_training_configs("stain").items():
+        levers = cfg.robustness
+        on = {k for k, p in levers.items() if k != "scale_range" and p > 0}
+        assert on == {"stain"}, (name, dict(levers))

@@ -46,7 +46,7 @@ def main(cfg: DictConfig) -> None:
     wanted = "32" if str(cfg.precision) == "auto" and not slides else cfg.precision
     predict, precision = choose_precision(module_predictor(module, output), wanted,
                                           cfg.device, onnx)  # fmt: skip
-    predict = dihedral_tta(predict) if tta else predict
+    predict = dihedral_tta(predict, module.channels) if tta else predict
     failed, written = [], 0
     if images:
         report = predict_image_files(

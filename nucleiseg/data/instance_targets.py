@@ -8,7 +8,13 @@ Channel names (``output_kind.channels``, conf/output_kind/):
   rings), as DCAN's contour channel;
 - ``distance``: each pixel's Euclidean distance to the nearest pixel outside its own nucleus
   (scipy), divided by that nucleus's largest, so every nucleus peaks at 1 in its centre and
-  touching nuclei meet in a valley (Naylor et al. 2019 regress such a map).
+  touching nuclei meet in a valley (Naylor et al. 2019 regress such a map);
+- ``horizontal`` and ``vertical`` (always together): each nuclear pixel's horizontal and
+  vertical offset from its nucleus's centre of mass, divided by the nucleus's largest on that
+  side (-1 .. 1; MONAI's ``ComputeHoVerMaps``), as HoVer-Net's HV maps; stored as
+  ``(offset + 1) / 2`` so that every channel, like the others, is a sigmoid's 0 .. 1 (0.5:
+  the centre and the background). Where two nuclei touch the maps jump from one side to the
+  other.
 """
 
 from __future__ import annotations
@@ -16,20 +22,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from monai.transforms import ComputeHoVerMaps
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
-CHANNELS = ("nucleus", "contour", "distance")
+CHANNELS = ("nucleus", "contour", "distance", "horizontal", "vertical")
+VECTOR_CHANNELS = ("horizontal", "vertical")  # offsets: a vector field, not a scalar map
 
 
 def check_channels(channels: Sequence[str]) -> tuple[str, ...]:
     """The channel names, checked: ``nucleus`` first, each known, none twice."""
     channels = tuple(channels)
     unknown = [c for c in channels if c not in CHANNELS]
-    if unknown or not channels or channels[0] != "nucleus" or len(set(channels)) < len(channels):
+    paired = ("horizontal" in channels) == ("vertical" in channels)
+    if (
+        unknown
+        or not channels
+        or channels[0] != "nucleus"
+        or len(set(channels)) < len(channels)
+        or not paired
+    ):
         raise ValueError(
             f"output_kind.channels must start with 'nucleus' and name each of {CHANNELS} at most "
-            f"once; got {list(channels)}"
+            f"once ('horizontal' and 'vertical' together); got {list(channels)}"
         )
     return channels
 
@@ -57,6 +72,24 @@ def distance_map(instances: np.ndarray) -> np.ndarray:
     return normalised
 
 
+def hover_maps(instances: np.ndarray) -> np.ndarray:
+    """(2, H, W) horizontal and vertical offsets from each nucleus's centre of mass, each
+    divided by the nucleus's largest on that side (-1 .. 1, 0 outside nuclei): MONAI's
+    ``ComputeHoVerMaps``, as HoVer-Net's targets."""
+    labels = np.asarray(instances).astype(np.int32)[None]
+    return np.asarray(ComputeHoVerMaps(dtype="float32")(labels), np.float32)
+
+
+def encoded_hover_maps(instances: np.ndarray) -> np.ndarray:
+    """:func:`hover_maps` as a sigmoid's 0 .. 1: ``(offset + 1) / 2``."""
+    return (hover_maps(instances) + 1.0) / 2.0
+
+
+def decoded_offsets(encoded: np.ndarray) -> np.ndarray:
+    """Offsets (-1 .. 1) from maps in the 0 .. 1 a model outputs."""
+    return 2.0 * np.asarray(encoded, np.float32) - 1.0
+
+
 def instance_targets(instances: np.ndarray, channels: Sequence[str]) -> np.ndarray:
     """(C, H, W) float32 targets of ``channels`` for one instance map (H, W)."""
     makers = {
@@ -64,4 +97,7 @@ def instance_targets(instances: np.ndarray, channels: Sequence[str]) -> np.ndarr
         "contour": contour_map,
         "distance": distance_map,
     }
+    if "horizontal" in channels:
+        hover = encoded_hover_maps(instances)
+        makers["horizontal"], makers["vertical"] = (lambda _: hover[0]), (lambda _: hover[1])
     return np.stack([makers[name](instances) for name in channels])

@@ -2,7 +2,7 @@
 
 The exported graph maps an RGB batch (N, 3, H, W) in 0..1 to the final probabilities
 (N, C, H, W): the nucleus first, then an instance-aware model's other channels
-(``output_kind=contour|distance``: the checkpoint's ``model.channels``), with dynamic batch,
+(``output_kind=contour|distance|hover``: the checkpoint's ``model.channels``), with dynamic batch,
 height and width for U-Net and U-Net++ (their padding to a multiple of 32 is traced as
 shape arithmetic; tracing happens on a size that needs padding, and every export is checked
 against PyTorch on a second size). Micro-Net's tiling depends on the input size in Python,

@@ -48,7 +48,12 @@ def candidates(
         common = {**base, "threshold": threshold, "min_size": min_size,
                   "border_min_size": border_min_size}  # fmt: skip
         if len(channels) > 1:
-            found += [{**common, "marker_threshold": m} for m in grid["marker_threshold"]]
+            # HV outputs also try the Sobel kernel of their border map
+            kernels = (grid.get("hover_kernel_size") if "horizontal" in channels else None) or [
+                base.get("hover_kernel_size", 5)
+            ]
+            found += [{**common, "marker_threshold": m, "hover_kernel_size": k}
+                      for k in kernels for m in grid["marker_threshold"]]  # fmt: skip
             continue
         found += [{**common, "markers": "peaks", "min_distance": d} for d in grid["min_distance"]]
         found += [{**common, "markers": "h_maxima", "h": h} for h in grid["h"]]

@@ -224,7 +224,7 @@ class SegmentationModule(L.LightningModule):
             logits = self._plain_outputs_at_input_grid(batch)
             return {name: torch.sigmoid(value.float()) for name, value in logits.items()}
 
-        averaged = dihedral_tta(probabilities)(image)
+        averaged = dihedral_tta(probabilities, self.channels)(image)
         return {name: torch.logit(prob, eps=1e-6) for name, prob in averaged.items()}
 
     def _plain_outputs_at_input_grid(self, image: torch.Tensor) -> dict[str, torch.Tensor]:

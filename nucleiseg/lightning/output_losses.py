@@ -9,8 +9,18 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
+from monai.transforms import SobelGradients
+
+from nucleiseg.data.instance_targets import check_channels
 
 _DICE = DiceLoss(sigmoid=True, reduction="none")
+# HoVer-Net's gradient term: each offset map's derivative along its own axis (MONAI's Sobel,
+# as in monai.apps.pathology.losses.HoVerNetLoss)
+_SOBEL = {
+    "horizontal": SobelGradients(kernel_size=5, spatial_axes=1),
+    "vertical": SobelGradients(kernel_size=5, spatial_axes=0),
+}
+HOVER_MSE_WEIGHT = 2.0  # HoVerNetLoss's lambda_hv_mse (its gradient term: 1)
 
 
 def bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -22,32 +32,57 @@ def _per_sample(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(1).mean(1)
 
 
-def contour_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def contour_loss(
+    logits: torch.Tensor, target: torch.Tensor, nucleus: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-sample BCE + soft Dice of a thin boundary channel (Dice keeps it from vanishing)."""
     pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     return _per_sample(pixel) + _per_sample(_DICE(logits.float(), target.float()))
 
 
-def distance_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def distance_loss(
+    logits: torch.Tensor, target: torch.Tensor, nucleus: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-sample mean squared error of the distance map's sigmoid (targets in 0..1)."""
     return _per_sample(F.mse_loss(torch.sigmoid(logits.float()), target, reduction="none"))
 
 
-CHANNEL_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+def offset_loss(axis: str) -> Callable[..., torch.Tensor]:
+    """HoVer-Net's loss of one offset map (``axis``: horizontal or vertical), per sample: the
+    mean squared error of the offsets (-1 .. 1, decoded from the sigmoid's 0 .. 1) times 2,
+    plus the mean squared error of their derivative along that axis over the nuclear pixels
+    (``nucleus``: the nucleus target), which makes the jump between touching nuclei sharp."""
+    sobel = _SOBEL[axis]
+
+    def loss(logits: torch.Tensor, target: torch.Tensor, nucleus: torch.Tensor) -> torch.Tensor:
+        predicted = 2.0 * torch.sigmoid(logits.float()) - 1.0
+        true = 2.0 * target.float() - 1.0
+        mse = _per_sample((predicted - true) ** 2)
+        gradient = sobel(predicted[:, 0]).as_tensor() - sobel(true[:, 0]).as_tensor()
+        focus = nucleus[:, 0].float()
+        msge = (focus * gradient**2).flatten(1).sum(1) / (focus.flatten(1).sum(1) + 1e-8)
+        return HOVER_MSE_WEIGHT * mse + msge
+
+    return loss
+
+
+CHANNEL_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "contour": contour_loss,
     "distance": distance_loss,
+    "horizontal": offset_loss("horizontal"),
+    "vertical": offset_loss("vertical"),
 }
 
 
 def known_channels(channels: Sequence[str]) -> tuple[str, ...]:
-    """The channels, checked against the losses this module has: ``nucleus`` first, then
-    channels with a loss in ``CHANNEL_LOSSES``, none twice."""
-    channels = tuple(channels)
-    known = channels[:1] == ("nucleus",) and all(c in CHANNEL_LOSSES for c in channels[1:])
-    if not known or len(set(channels)) < len(channels):
+    """The channels, checked as targets are drawn (``check_channels``: ``nucleus`` first,
+    none twice, offsets in pairs) and each extra one against the losses this module has."""
+    channels = check_channels(channels)
+    missing = [c for c in channels[1:] if c not in CHANNEL_LOSSES]
+    if missing:
         raise ValueError(
-            f"output_kind.channels must start with 'nucleus', followed by any of "
-            f"{sorted(CHANNEL_LOSSES)} at most once; got {list(channels)}"
+            f"output_kind.channels {missing} have no loss; channels after 'nucleus' may be any "
+            f"of {sorted(CHANNEL_LOSSES)}"
         )
     return channels
 
@@ -77,7 +112,7 @@ def output_loss(
     count = logits.new_ones(len(logits)) if instance_weight is None else instance_weight.float()
     for index, name in enumerate(channels[1:], start=1):
         per_sample = CHANNEL_LOSSES[name](
-            logits[:, index : index + 1], target[:, index : index + 1]
+            logits[:, index : index + 1], target[:, index : index + 1], target[:, :1]
         )
         weighted = (per_sample * count).sum() / count.sum().clamp_min(1.0)
         loss = loss + (weights or {}).get(name, 1.0) * weighted

@@ -6,10 +6,12 @@ usual post-processing for binary nuclei maps. Markers are its local maxima at le
 that rise at least ``h`` pixels above their surroundings, so an elongated nucleus with a
 flat ridge is not over-split).
 
-Instance-aware models (``output_kind=contour|distance``) also predict what separates nuclei; their
-maps (C, H, W) go to :func:`instances_from_maps`: markers are the connected regions where the
-marker map (nucleus x (1 - contour), or the predicted distance) reaches
-``marker_threshold``, grown by a watershed on that map into the thresholded nucleus map.
+Instance-aware models (``output_kind=contour|distance|hover``) also predict what separates
+nuclei; their maps (C, H, W) go to :func:`instances_from_maps`: markers are the connected
+regions where the marker map (nucleus x (1 - contour), the predicted distance, or nucleus x
+(1 - the HV maps' border: where their Sobel derivative jumps, MONAI's
+``GenerateInstanceBorder``, as HoVer-Net's post-processing)) reaches ``marker_threshold``,
+grown by a watershed on that map into the thresholded nucleus map.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from skimage.feature import peak_local_max
 from skimage.measure import regionprops_table
 from skimage.morphology import h_maxima, remove_small_objects
 from skimage.segmentation import clear_border, watershed
+
+from nucleiseg.data.instance_targets import decoded_offsets
 
 
 @dataclass
@@ -36,6 +40,7 @@ class InstanceSettings:
     markers: str = "peaks"  # "peaks" (min_distance apart) or "h_maxima" (depth h)
     h: float = 1.0  # h-maxima depth in pixels of the distance transform
     marker_threshold: float = 0.5  # instance-aware outputs: marker map level of a marker
+    hover_kernel_size: int = 5  # HV outputs: Sobel kernel (odd, pixels) of their border map
     # what the maps' channels are (the model's output_kind.channels; set by the module)
     channels: tuple[str, ...] = ("nucleus",)
 
@@ -44,6 +49,11 @@ class InstanceSettings:
         if self.markers not in ("peaks", "h_maxima"):
             raise ValueError(
                 f"postprocess.markers must be 'peaks' or 'h_maxima', not '{self.markers}'"
+            )
+        if self.hover_kernel_size < 3 or self.hover_kernel_size % 2 == 0:
+            raise ValueError(
+                "postprocess.hover_kernel_size must be an odd number of pixels >= 3, not "
+                f"{self.hover_kernel_size}"
             )
 
     def scaled(self, factor: float) -> InstanceSettings:
@@ -63,6 +73,7 @@ class InstanceSettings:
             min_size=area(self.min_size),
             border_min_size=None if border is None else area(border),
             h=self.h * factor,
+            hover_kernel_size=max(3, 2 * int(self.hover_kernel_size * factor / 2) + 1),  # odd
         )
 
 
@@ -126,11 +137,37 @@ def nucleus_probability(maps: np.ndarray) -> np.ndarray:
     return maps if maps.ndim == 2 else maps[0]
 
 
-def marker_map(maps: np.ndarray, channels: tuple[str, ...]) -> np.ndarray:
+def hover_border(
+    maps: np.ndarray, channels: tuple[str, ...], mask: np.ndarray, kernel_size: int = 5
+) -> np.ndarray:
+    """0 .. 1 within ``mask``, high where the predicted horizontal or vertical offsets jump
+    (the border between nuclei): MONAI's ``GenerateInstanceBorder``; 0 where the maps are flat."""
+    from monai.apps.pathology.transforms.post.array import GenerateInstanceBorder
+
+    offsets = decoded_offsets(maps[[channels.index("horizontal"), channels.index("vertical")]])
+    try:
+        border = GenerateInstanceBorder(kernel_size=kernel_size)(
+            mask[None].astype(np.float32), offsets
+        )
+    except ValueError:  # flat maps (no derivative anywhere): nothing separates nuclei
+        return np.zeros(mask.shape, np.float32)
+    return np.asarray(border, np.float32)[0]
+
+
+def marker_map(
+    maps: np.ndarray,
+    channels: tuple[str, ...],
+    mask: np.ndarray | None = None,
+    hover_kernel_size: int = 5,
+) -> np.ndarray:
     """High inside nuclei, low where they meet: the predicted distance, or the nucleus
-    probability times one minus the contour probability."""
+    probability times one minus the contour probability, or times one minus the HV maps'
+    border (within ``mask``, the thresholded nucleus map)."""
     if "distance" in channels:
         return maps[channels.index("distance")]
+    if "horizontal" in channels:
+        mask = maps[0] >= 0.5 if mask is None else mask
+        return maps[0] * (1.0 - hover_border(maps, channels, mask, hover_kernel_size))
     return maps[0] * (1.0 - maps[channels.index("contour")])
 
 
@@ -139,7 +176,7 @@ def instances_from_maps(maps: np.ndarray, settings: InstanceSettings) -> np.ndar
     mask = cleaned_mask(maps[0] >= settings.threshold, settings)
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
-    elevation = marker_map(maps, settings.channels)
+    elevation = marker_map(maps, settings.channels, mask, settings.hover_kernel_size)
     markers, _ = ndimage.label((elevation >= settings.marker_threshold) & mask)
     return filled_watershed(elevation, markers, mask)
 

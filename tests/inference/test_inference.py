@@ -123,6 +123,31 @@ def test_dihedral_tta_averages_every_output_of_a_two_stage_model_alike():
             assert torch.allclose(got[name], alone, atol=1e-6)
 
 
+def test_dihedral_tta_turns_hover_offsets_with_the_views():
+    """A model that draws the true HV maps of the nuclei in its input is equivariant; its
+    TTA average must equal its plain output (channel-blind averaging would not)."""
+    from skimage.draw import ellipse
+    from skimage.measure import label
+
+    from nucleiseg.data.instance_targets import instance_targets
+
+    channels = ("nucleus", "horizontal", "vertical")
+    drawn = np.zeros((48, 64), np.float32)
+    drawn[ellipse(15, 20, 8, 12, rotation=0.4)] = 1
+    drawn[ellipse(30, 45, 10, 6, rotation=1.0)] = 1
+
+    def true_maps(batch: torch.Tensor) -> torch.Tensor:
+        return torch.stack([
+            torch.from_numpy(instance_targets(label(x[0].numpy() > 0.5), channels))
+            for x in batch
+        ])  # fmt: skip
+
+    image = torch.from_numpy(drawn)[None, None]
+    plain = true_maps(image)
+    assert torch.allclose(dihedral_tta(true_maps, channels)(image), plain, atol=1e-5)
+    assert (dihedral_tta(true_maps)(image) - plain).abs().max() > 0.4  # scalar-only TTA
+
+
 def test_a_module_with_tta_gives_outputs_that_turn_with_its_input(smoke_run):
     from nucleiseg.inference.loading import load_model
 

@@ -1,5 +1,6 @@
-"""Instance-aware outputs (output_kind=contour|distance): targets, masked losses, post-processing
-that splits what binary + watershed merges, and a trained model through every command."""
+"""Instance-aware outputs (output_kind=contour|distance|hover): targets, masked losses,
+post-processing that splits what binary + watershed merges, and a trained model through every
+command."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from nucleiseg.data.instance_targets import contour_map, distance_map, instance_targets
+from nucleiseg.data.instance_targets import (
+    contour_map,
+    decoded_offsets,
+    distance_map,
+    instance_targets,
+)
 from nucleiseg.lightning.output_losses import bce, output_loss
 from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_probability
 
@@ -49,6 +55,44 @@ def test_distance_target_peaks_at_one_per_nucleus_and_dips_where_nuclei_meet():
     np.testing.assert_array_equal(stacked[0], labels > 0)
 
 
+HOVER = ("nucleus", "horizontal", "vertical")
+
+
+def test_hover_targets_run_from_minus_one_to_one_across_each_nucleus():
+    labels = two_touching_squares()
+    maps = instance_targets(labels, HOVER)
+    offsets = decoded_offsets(maps[1:])
+    assert np.all(offsets[:, labels == 0] == 0)  # 0.5 encoded outside nuclei
+    # along a row the horizontal offset climbs from -1 (left edge) to +1 (right edge) in each
+    # square, then jumps back to -1 where the second begins; the vertical one is constant
+    np.testing.assert_allclose(offsets[0, 5, 2:10], np.linspace(-1, 1, 8), atol=1e-6)
+    np.testing.assert_allclose(offsets[0, 5, 10:18], np.linspace(-1, 1, 8), atol=1e-6)
+    np.testing.assert_allclose(offsets[1, 2:10, 5], np.linspace(-1, 1, 8), atol=1e-6)
+    assert np.ptp(offsets[1, 5, 2:18]) == 0
+
+
+def test_hover_channels_come_in_pairs():
+    from nucleiseg.data.instance_targets import check_channels
+
+    with pytest.raises(ValueError, match="'horizontal' and 'vertical' together"):
+        check_channels(("nucleus", "horizontal"))
+
+
+def test_the_hover_loss_is_zero_for_the_truth_and_counts_the_jump_between_nuclei():
+    labels = two_touching_squares()
+    target = torch.from_numpy(instance_targets(labels, HOVER))[None]
+    exact = torch.logit(target.clamp(1e-6, 1 - 1e-6))
+    assert output_loss(exact, target, HOVER).item() == pytest.approx(
+        bce(exact[:, :1], target[:, :1]).item(), abs=1e-4
+    )
+    # a prediction without the jump (one smooth ramp across both nuclei) costs more in the
+    # gradient term than the same mean error spread evenly
+    smooth = target.clone()
+    smooth[0, 1, 2:10, 2:18] = torch.linspace(0, 1, 16)
+    worse = output_loss(torch.logit(smooth.clamp(1e-6, 1 - 1e-6)), target, HOVER)
+    assert worse.item() > output_loss(exact, target, HOVER).item() + 0.01
+
+
 def test_a_binary_only_sample_adds_nothing_to_the_instance_channels():
     torch.manual_seed(0)
     logits = torch.randn(2, 2, 16, 16, requires_grad=True)
@@ -72,7 +116,7 @@ def test_instance_channels_split_touching_nuclei_that_binary_watershed_merges():
     binary = InstanceSettings(threshold=0.5, min_size=0, markers="h_maxima", h=1.0)
     merged = instances_from_probability((labels > 0).astype(np.float32), binary)
     assert merged.max() == 1  # one flat ridge: one marker, one nucleus
-    for channels in (("nucleus", "contour"), ("nucleus", "distance")):
+    for channels in (("nucleus", "contour"), ("nucleus", "distance"), HOVER):
         maps = instance_targets(labels, channels)
         settings = InstanceSettings(min_size=0, marker_threshold=0.5, channels=channels)
         split = instances_from_probability(maps, settings)
@@ -97,6 +141,28 @@ def compose_and_build(overrides: list[str]):
     return build_modules(compose_config(smoke_overrides(*overrides)))
 
 
+def test_hover_maps_split_touching_discs_at_every_sobel_kernel():
+    from skimage.draw import disk
+
+    labels = np.zeros((40, 60), np.int32)
+    labels[disk((20, 20), 10)] = 1
+    rows, cols = disk((20, 37), 10)
+    free = labels[rows, cols] == 0
+    labels[rows[free], cols[free]] = 2  # two discs overlapping by a 3 px seam
+    maps = instance_targets(labels, HOVER)
+    for kernel in (3, 5, 11, 21):
+        settings = InstanceSettings(min_size=0, marker_threshold=0.5, channels=HOVER,
+                                    hover_kernel_size=kernel)  # fmt: skip
+        assert instances_from_probability(maps, settings).max() == 2, kernel
+
+
+def test_hover_kernel_size_is_checked_and_scales_with_the_grid():
+    with pytest.raises(ValueError, match="hover_kernel_size must be an odd"):
+        InstanceSettings(hover_kernel_size=4)
+    assert InstanceSettings(hover_kernel_size=5).scaled(2.0).hover_kernel_size == 11
+    assert InstanceSettings(hover_kernel_size=5).scaled(0.5).hover_kernel_size == 3
+
+
 def test_networks_follow_the_channels_and_the_enhancer_reads_all_of_them():
     modules = compose_and_build(["output_kind=distance"])
     two_stage = modules["two_stage"]
@@ -104,6 +170,8 @@ def test_networks_follow_the_channels_and_the_enhancer_reads_all_of_them():
     with torch.no_grad():
         outputs = two_stage(torch.rand(1, 3, 64, 64))
     assert outputs["stage1"].shape == outputs["two_stage"].shape == (1, 2, 64, 64)
+    hover = compose_and_build(["output_kind=hover"])["two_stage"]
+    assert hover.enhancer.in_channels == 6 and hover.channels == HOVER
     binary = compose_and_build([])["two_stage"]
     assert binary.enhancer.in_channels == 4 and binary.channels == ("nucleus",)
 
@@ -185,3 +253,46 @@ def test_predict_writes_nuclei_of_a_contour_model(contour_run, tmp_path):
     assert maps.shape == (2, 70, 90)  # nucleus and contour, stitched across tiles
     mask = np.asarray(Image.open(tmp_path / "out" / "tile_mask.png"))
     np.testing.assert_array_equal(mask > 0, maps[0] >= module.instance_settings.threshold)
+
+
+def test_a_hover_model_trains_exports_tunes_its_kernel_and_predicts_with_tta(tmp_path):
+    from PIL import Image
+
+    from nucleiseg.inference.export import export, exported_model
+    from nucleiseg.inference.loading import load_model
+    from nucleiseg.inference.postprocess_tuning import run
+    from nucleiseg.inference.predictor import predict_files
+    from nucleiseg.inference.tiling import module_predictor
+    from nucleiseg.models.dihedral import dihedral_tta
+    from nucleiseg.training.orchestration import train
+
+    from conftest import assert_export_matches
+
+    run_dir = tmp_path / "hover_run"
+    results = train(compose_config(smoke_overrides("output_kind=hover"), run_dir))
+    assert {"stage1", "two_stage"} <= set(results["test"])
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    module, output = load_model(ckpt)
+    assert module.channels == HOVER
+    model = exported_model(module)
+    onnx = export(model, tmp_path / "model.onnx", "onnx")
+    assert_export_matches(model, onnx, "onnx", [(1, 3, 64, 64)])  # all three channels
+    cfg = compose_config(
+        ["experiment=smoke", f"+ckpt={ckpt}", "+tuned_ckpt=null",
+         "+grid={threshold:[0.5],min_size:[10],min_distance:[4],h:[1.0],"
+         "marker_threshold:[0.5],hover_kernel_size:[5,11]}"],
+        tmp_path / "tuning",
+    )  # fmt: skip
+    result = run(cfg)
+    assert [c["settings"]["hover_kernel_size"] for c in result["candidates"]] == [5, 11]
+    tuned, _ = load_model(result["tuned_checkpoint"])
+    assert tuned.instance_settings.hover_kernel_size == result["chosen"]["hover_kernel_size"]
+    image = (np.random.default_rng(0).random((70, 90, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "tile.png")
+    predict = dihedral_tta(module_predictor(tuned, output), tuned.channels)
+    report = predict_files(
+        predict, [tmp_path / "tile.png"], tmp_path / "out", tuned.input_settings(),
+        tile=64, overlap=16, save_probability=True,
+    )  # fmt: skip
+    assert not report.failed
+    assert np.load(tmp_path / "out" / "tile_probability.npy").shape == (3, 70, 90)

@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from benchmarks.common import CONF_DIR
-from benchmarks.training import plain_epoch
+from benchmarks.training import module_optimizer, plain_epoch
 
 
 def loader_samples_per_s(loader, epochs: int = 2) -> float:
@@ -31,7 +31,7 @@ def loader_samples_per_s(loader, epochs: int = 2) -> float:
 def training_samples_per_s(module, loader, steps: int = 6) -> float:
     """Phase-1 steps on the first ``steps`` batches, after one warm-up step."""
     batches = list(itertools.islice(loader, steps + 1))
-    optimizer = module.configure_optimizers()
+    optimizer = module_optimizer(module)
     plain_epoch(module, batches[:1], optimizer)  # warm-up
     seconds, images = plain_epoch(module, batches[1:], optimizer)
     return images / seconds

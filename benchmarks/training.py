@@ -64,11 +64,14 @@ def plain_epoch(
     images, start = 0, time.perf_counter()
     for batch in loader:
         step_start = time.perf_counter()
-        image, mask = batch["image"].to(device), batch["mask"].to(device)
+        image = batch["image"].to(device)
+        target = batch.get("targets", batch["mask"]).to(device)  # every output channel's
+        weight = batch.get("instance_weight")
+        weight = None if weight is None else weight.to(device)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
-            logits, extra = module.compute_outputs(image, mask)
-            loss = module.loss(logits, mask) + extra
+            logits, extra = module.compute_outputs(image, target)
+            loss = module.loss(logits, target, weight) + extra
         loss.backward()
         optimizer.step()
         if steps is not None:
@@ -102,11 +105,18 @@ def lightning_epoch(
         return timer.seconds[1], timer.images
 
 
+def module_optimizer(module) -> torch.optim.Optimizer:
+    """The module's optimizer (``configure_optimizers`` returns it alone, or in a dict with
+    its learning-rate scheduler)."""
+    configured = module.configure_optimizers()
+    return configured["optimizer"] if isinstance(configured, dict) else configured
+
+
 def plain_phase_epoch(
     module, loader, precision: str = "32-true", steps: list[float] | None = None
 ) -> tuple[float, int]:
     """The plain loop's equivalent: a fresh Adam, two epochs, the second one timed."""
-    optimizer = module.configure_optimizers()
+    optimizer = module_optimizer(module)
     plain_epoch(module, loader, optimizer, precision)
     return plain_epoch(module, loader, optimizer, precision, steps)
 

@@ -172,8 +172,14 @@ def tune(
             f"held_out=true compares two halves of the validation images, and {len(probs)} "
             "image(s) make one: leave held_out=false, or validate on more images"
         )
-    table = [{"settings": c, **score(c, probs, truths, factor, channels, folds)}
-             for c in candidates(grid, base, channels)]  # fmt: skip
+    table = []
+    settings = candidates(grid, base, channels)
+    every = max(1, len(settings) // 10)  # progress: about ten log lines
+    for index, candidate in enumerate(settings, start=1):
+        scores = score(candidate, probs, truths, factor, channels, folds)
+        table.append({"settings": candidate, **scores})
+        if index % every == 0 or index == len(settings):
+            log.info("scored %d of %d settings on %d images", index, len(settings), len(probs))
     best = min(table, key=rank)
     # the true maps (the truth's own targets) as the "probabilities"
     true_maps = [instance_targets(np.asarray(t), channels) for t in truths]

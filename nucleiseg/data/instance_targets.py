@@ -27,7 +27,6 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
 CHANNELS = ("nucleus", "contour", "distance", "horizontal", "vertical")
-VECTOR_CHANNELS = ("horizontal", "vertical")  # offsets: a vector field, not a scalar map
 
 
 def check_channels(channels: Sequence[str]) -> tuple[str, ...]:

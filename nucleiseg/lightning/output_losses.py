@@ -11,8 +11,6 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from monai.transforms import SobelGradients
 
-from nucleiseg.data.instance_targets import check_channels
-
 _DICE = DiceLoss(sigmoid=True, reduction="none")
 # HoVer-Net's gradient term: each offset map's derivative along its own axis (MONAI's Sobel,
 # as in monai.apps.pathology.losses.HoVerNetLoss)
@@ -75,14 +73,17 @@ CHANNEL_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def known_channels(channels: Sequence[str]) -> tuple[str, ...]:
-    """The channels, checked as targets are drawn (``check_channels``: ``nucleus`` first,
-    none twice, offsets in pairs) and each extra one against the losses this module has."""
-    channels = check_channels(channels)
-    missing = [c for c in channels[1:] if c not in CHANNEL_LOSSES]
-    if missing:
+    """The channels, checked against the losses this module has: ``nucleus`` first, then
+    channels with a loss in ``CHANNEL_LOSSES``, none twice, ``horizontal`` and ``vertical``
+    together (the data module checks the same names as it draws their targets)."""
+    channels = tuple(channels)
+    known = channels[:1] == ("nucleus",) and all(c in CHANNEL_LOSSES for c in channels[1:])
+    paired = ("horizontal" in channels) == ("vertical" in channels)
+    if not known or not paired or len(set(channels)) < len(channels):
         raise ValueError(
-            f"output_kind.channels {missing} have no loss; channels after 'nucleus' may be any "
-            f"of {sorted(CHANNEL_LOSSES)}"
+            f"output_kind.channels must start with 'nucleus', followed by any of "
+            f"{sorted(CHANNEL_LOSSES)} at most once ('horizontal' and 'vertical' together); "
+            f"got {list(channels)}"
         )
     return channels
 

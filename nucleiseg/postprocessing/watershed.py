@@ -25,8 +25,6 @@ from skimage.measure import regionprops_table
 from skimage.morphology import h_maxima, remove_small_objects
 from skimage.segmentation import clear_border, watershed
 
-from nucleiseg.data.instance_targets import decoded_offsets
-
 
 @dataclass
 class InstanceSettings:
@@ -144,7 +142,9 @@ def hover_border(
     (the border between nuclei): MONAI's ``GenerateInstanceBorder``; 0 where the maps are flat."""
     from monai.apps.pathology.transforms.post.array import GenerateInstanceBorder
 
-    offsets = decoded_offsets(maps[[channels.index("horizontal"), channels.index("vertical")]])
+    # the maps hold (offset + 1) / 2, as the targets (nucleiseg/data/instance_targets.py)
+    encoded = maps[[channels.index("horizontal"), channels.index("vertical")]]
+    offsets = 2.0 * encoded.astype(np.float32) - 1.0
     try:
         border = GenerateInstanceBorder(kernel_size=kernel_size)(
             mask[None].astype(np.float32), offsets

@@ -50,7 +50,7 @@ def candidates(
         if len(channels) > 1:
             # HV outputs also try the Sobel kernel of their border map
             kernels = (grid.get("hover_kernel_size") if "horizontal" in channels else None) or [
-                base.get("hover_kernel_size", 5)
+                base.get("hover_kernel_size", 21)
             ]
             found += [{**common, "marker_threshold": m, "hover_kernel_size": k}
                       for k in kernels for m in grid["marker_threshold"]]  # fmt: skip

@@ -38,7 +38,7 @@ class InstanceSettings:
     markers: str = "peaks"  # "peaks" (min_distance apart) or "h_maxima" (depth h)
     h: float = 1.0  # h-maxima depth in pixels of the distance transform
     marker_threshold: float = 0.5  # instance-aware outputs: marker map level of a marker
-    hover_kernel_size: int = 5  # HV outputs: Sobel kernel (odd, pixels) of their border map
+    hover_kernel_size: int = 21  # HV outputs: Sobel kernel (odd, pixels) of their border map
     # what the maps' channels are (the model's output_kind.channels; set by the module)
     channels: tuple[str, ...] = ("nucleus",)
 
@@ -136,7 +136,7 @@ def nucleus_probability(maps: np.ndarray) -> np.ndarray:
 
 
 def hover_border(
-    maps: np.ndarray, channels: tuple[str, ...], mask: np.ndarray, kernel_size: int = 5
+    maps: np.ndarray, channels: tuple[str, ...], mask: np.ndarray, kernel_size: int = 21
 ) -> np.ndarray:
     """0 .. 1 within ``mask``, high where the predicted horizontal or vertical offsets jump
     (the border between nuclei): MONAI's ``GenerateInstanceBorder``; 0 where the maps are flat."""
@@ -158,7 +158,7 @@ def marker_map(
     maps: np.ndarray,
     channels: tuple[str, ...],
     mask: np.ndarray | None = None,
-    hover_kernel_size: int = 5,
+    hover_kernel_size: int = 21,
 ) -> np.ndarray:
     """High inside nuclei, low where they meet: the predicted distance, or the nucleus
     probability times one minus the contour probability, or times one minus the HV maps'

@@ -84,11 +84,6 @@ def encoded_hover_maps(instances: np.ndarray) -> np.ndarray:
     return (hover_maps(instances) + 1.0) / 2.0
 
 
-def decoded_offsets(encoded: np.ndarray) -> np.ndarray:
-    """Offsets (-1 .. 1) from maps in the 0 .. 1 a model outputs."""
-    return 2.0 * np.asarray(encoded, np.float32) - 1.0
-
-
 def instance_targets(instances: np.ndarray, channels: Sequence[str]) -> np.ndarray:
     """(C, H, W) float32 targets of ``channels`` for one instance map (H, W)."""
     makers = {

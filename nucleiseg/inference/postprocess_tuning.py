@@ -40,6 +40,8 @@ def candidates(
     """Every combination in ``grid``; each marker kind with its own parameter. An
     instance-aware model's (``channels`` beyond the nucleus) markers come from its own maps:
     its knob is ``marker_threshold``."""
+    from nucleiseg.postprocessing.watershed import InstanceSettings
+
     found = []
     # a grid without border_min_size keeps the base's (the config's postprocess)
     border_sizes = grid.get("border_min_size") or [base.get("border_min_size")]
@@ -50,7 +52,7 @@ def candidates(
         if len(channels) > 1:
             # HV outputs also try the Sobel kernel of their border map
             kernels = (grid.get("hover_kernel_size") if "horizontal" in channels else None) or [
-                base.get("hover_kernel_size", 21)
+                base.get("hover_kernel_size", InstanceSettings.hover_kernel_size)
             ]
             found += [{**common, "marker_threshold": m, "hover_kernel_size": k}
                       for k in kernels for m in grid["marker_threshold"]]  # fmt: skip

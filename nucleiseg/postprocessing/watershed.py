@@ -136,7 +136,7 @@ def nucleus_probability(maps: np.ndarray) -> np.ndarray:
 
 
 def hover_border(
-    maps: np.ndarray, channels: tuple[str, ...], mask: np.ndarray, kernel_size: int = 21
+    maps: np.ndarray, channels: tuple[str, ...], mask: np.ndarray, kernel_size: int
 ) -> np.ndarray:
     """0 .. 1 within ``mask``, high where the predicted horizontal or vertical offsets jump
     (the border between nuclei): MONAI's ``GenerateInstanceBorder``; 0 where the maps are flat."""
@@ -155,10 +155,7 @@ def hover_border(
 
 
 def marker_map(
-    maps: np.ndarray,
-    channels: tuple[str, ...],
-    mask: np.ndarray | None = None,
-    hover_kernel_size: int = 21,
+    maps: np.ndarray, channels: tuple[str, ...], mask: np.ndarray, hover_kernel_size: int
 ) -> np.ndarray:
     """High inside nuclei, low where they meet: the predicted distance, or the nucleus
     probability times one minus the contour probability, or times one minus the HV maps'
@@ -166,7 +163,6 @@ def marker_map(
     if "distance" in channels:
         return maps[channels.index("distance")]
     if "horizontal" in channels:
-        mask = maps[0] >= 0.5 if mask is None else mask
         return maps[0] * (1.0 - hover_border(maps, channels, mask, hover_kernel_size))
     return maps[0] * (1.0 - maps[channels.index("contour")])
 

@@ -177,7 +177,10 @@ class MixedNucleiDataModule(L.LightningDataModule):
         return sets
 
     def dataset(self, split: str) -> Dataset:
-        """A split of every source in order (training: the members' augmented datasets)."""
+        """A split of every source in order (training: the members' augmented datasets).
+        Sets the sources up first where nothing has (a resumed run's reused phases)."""
+        if split not in self.samples:
+            self.setup()
         if split == "train":
             return MixedTrainingSet([m.dataset("train") for m in self.members.values()])
         sets = self._eval_sets(split)

@@ -34,6 +34,16 @@ def test_a_mix_resamples_each_source_to_the_model_pixel_size(tmp_path):
     assert datamodule.samples["val"].names[-1].startswith("b/")
 
 
+def test_a_split_is_read_before_setup_as_a_single_source_reads_it(tmp_path):
+    """A resumed run reuses its finished phases without fitting, then draws its figures from
+    the test split: the mix sets its sources up on demand, as NucleiDataModule does."""
+    datamodule = mix_datamodule(tmp_path)
+    test = datamodule.dataset("test")
+    assert len(test) == 8
+    assert test.samples.names[0].startswith("a/") and test.samples.names[-1].startswith("b/")
+    assert test[len(test) - 1]["image"].shape[-2:] == (64, 64)
+
+
 def test_training_batches_draw_both_sources_by_weight(tmp_path):
     datamodule = mix_datamodule(tmp_path, "dataset.weights.b=3")
     datamodule.setup("fit")

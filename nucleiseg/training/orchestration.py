@@ -63,6 +63,7 @@ def _train(cfg: DictConfig, run_dir: Path, writer: bool) -> dict[str, Any]:
     # a new run may take its first phases from a finished run (stage.branch_from)
     branching = previous is None and cfg.stage.get("branch_from")
     branched = branched_phases(cfg, phases, run_dir) if branching else []
+    done = (previous or {}).get("phases", []) or branched  # finished in earlier attempts
     if writer and previous is None:  # a resumed run keeps the config it was begun with
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
         write_results(run_dir / "results.json", results)
@@ -83,7 +84,6 @@ def _train(cfg: DictConfig, run_dir: Path, writer: bool) -> dict[str, Any]:
         for logger in loggers:
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         snapshots = FigureSnapshots(cfg.get("figures", {}).get("test_images", 0))
-        done = (previous or {}).get("phases", []) or branched
         for index, phase in enumerate(phases):
             module = modules[phase.module]
             if index < len(done):
@@ -104,6 +104,8 @@ def _train(cfg: DictConfig, run_dir: Path, writer: bool) -> dict[str, Any]:
     except BaseException as err:
         status = "interrupted" if isinstance(err, KeyboardInterrupt | SystemExit) else "failed"
         results.update(status=status, error=f"{type(err).__name__}: {err}")
+        # phases finished earlier and not walked again before the failure stay recorded
+        results["phases"].extend(done[len(results["phases"]) :])
         if writer:
             write_results(run_dir / "results.json", results)
         close_loggers(loggers)

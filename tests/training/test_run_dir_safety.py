@@ -49,6 +49,20 @@ def test_a_moved_run_dir_resumes_from_its_own_checkpoints(unfinished_run, tmp_pa
     assert results["phases"][0] == record  # reused, not retrained
 
 
+def test_a_failed_resume_keeps_the_phases_it_had_finished(unfinished_run, tmp_path):
+    """A resume that fails while reusing a finished phase (here its best checkpoint is gone)
+    records the failure without dropping that phase: the next resume still skips it."""
+    run = tmp_path / "run"
+    shutil.copytree(unfinished_run, run)
+    record = json.loads((run / "results.json").read_text())["phases"][0]
+    (run / record["best_checkpoint"]).unlink(missing_ok=True)
+    with pytest.raises(Exception, match="best.ckpt"):
+        train(compose_config(smoke_overrides(*STAGE1_ONLY), run))
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "failed" and "best.ckpt" in results["error"]
+    assert results["phases"] == [record]
+
+
 def test_a_second_live_run_in_one_dir_is_refused(tmp_path):
     held = lock_run_dir(tmp_path)
     try:

@@ -103,21 +103,58 @@ def score(
     """Nucleus metrics of ``settings`` (in model pixels; the maps have ``factor`` pixels per
     model pixel) on maps of ``channels``; with ``folds`` (one fold id per map), each fold's
     too, under ``"folds"`` (from the same instance maps: no extra post-processing)."""
-    from nucleiseg.metrics.objects import NucleusMetrics
-    from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_probability
+    return score_marker_levels([settings], probs, truths, factor, channels, folds)[0]
 
-    metric = NucleusMetrics()
-    by_fold = {f: NucleusMetrics() for f in sorted(set(folds))} if folds else {}
-    instance_settings = InstanceSettings(**{**settings, "channels": channels}).scaled(factor)
+
+def score_marker_levels(
+    group: list[dict[str, Any]],
+    probs: list,
+    truths: list,
+    factor: float = 1.0,
+    channels: tuple[str, ...] = ("nucleus",),
+    folds: list[int] | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`score` of each settings in ``group``, settings that differ in
+    ``marker_threshold`` alone: an instance-aware model's mask and marker map are made once
+    per image for all of them."""
+    from nucleiseg.metrics.objects import NucleusMetrics
+    from nucleiseg.postprocessing.watershed import (
+        InstanceSettings,
+        instances_at_marker_levels,
+        instances_from_probability,
+    )
+
+    every = [InstanceSettings(**{**s, "channels": channels}).scaled(factor) for s in group]
+    levels = [s.marker_threshold for s in every]
+    metrics = [NucleusMetrics() for _ in group]
+    by_fold = [{f: NucleusMetrics() for f in sorted(set(folds))} if folds else {} for _ in group]
     for index, (prob, truth) in enumerate(zip(probs, truths, strict=True)):
-        instances = instances_from_probability(prob, instance_settings)
-        metric.update(instances, truth)
-        if folds:
-            by_fold[folds[index]].update(instances, truth)
-    values: dict[str, Any] = _figures(metric)
+        if prob.ndim == 3 and len(channels) > 1:
+            found = instances_at_marker_levels(prob, every[0], levels)
+        else:
+            found = [instances_from_probability(prob, s) for s in every]
+        for i, instances in enumerate(found):
+            metrics[i].update(instances, truth)
+            if folds:
+                by_fold[i][folds[index]].update(instances, truth)
+    values: list[dict[str, Any]] = [_figures(m) for m in metrics]
     if folds:
-        values["folds"] = [_figures(m) for m in by_fold.values()]
+        for value, fold_metrics in zip(values, by_fold, strict=True):
+            value["folds"] = [_figures(m) for m in fold_metrics.values()]
     return values
+
+
+def marker_level_groups(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Consecutive candidates that differ in ``marker_threshold`` alone, in their order."""
+    groups: list[list[dict[str, Any]]] = []
+    for candidate in settings:
+        rest = {k: v for k, v in candidate.items() if k != "marker_threshold"}
+        last = groups[-1][0] if groups else None
+        if last is not None and rest == {k: v for k, v in last.items() if k != "marker_threshold"}:
+            groups[-1].append(candidate)
+        else:
+            groups.append([candidate])
+    return groups
 
 
 def _figures(metric) -> dict[str, float]:
@@ -177,11 +214,13 @@ def tune(
     table = []
     settings = candidates(grid, base, channels)
     every = max(1, len(settings) // 10)  # progress: about ten log lines
-    for index, candidate in enumerate(settings, start=1):
-        scores = score(candidate, probs, truths, factor, channels, folds)
-        table.append({"settings": candidate, **scores})
-        if index % every == 0 or index == len(settings):
-            log.info("scored %d of %d settings on %d images", index, len(settings), len(probs))
+    for group in marker_level_groups(settings):
+        scores = score_marker_levels(group, probs, truths, factor, channels, folds)
+        for candidate, figures in zip(group, scores, strict=True):
+            table.append({"settings": candidate, **figures})
+            if len(table) % every == 0 or len(table) == len(settings):
+                log.info("scored %d of %d settings on %d images", len(table), len(settings),
+                         len(probs))  # fmt: skip
     best = min(table, key=rank)
     # the true maps (the truth's own targets) as the "probabilities"
     true_maps = [instance_targets(np.asarray(t), channels) for t in truths]

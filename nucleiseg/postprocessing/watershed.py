@@ -169,12 +169,24 @@ def marker_map(
 
 def instances_from_maps(maps: np.ndarray, settings: InstanceSettings) -> np.ndarray:
     """Int32 instance map from an instance-aware model's maps (C, H, W)."""
+    return instances_at_marker_levels(maps, settings, [settings.marker_threshold])[0]
+
+
+def instances_at_marker_levels(
+    maps: np.ndarray, settings: InstanceSettings, levels: list[float]
+) -> list[np.ndarray]:
+    """:func:`instances_from_maps` at each marker level of ``levels`` (``settings``'
+    ``marker_threshold`` aside): the nucleus mask and the marker map, the dear part for HV
+    maps, are computed once for all of them (post-processing tuning tries many levels)."""
     mask = cleaned_mask(maps[0] >= settings.threshold, settings)
     if not mask.any():
-        return np.zeros(mask.shape, np.int32)
+        return [np.zeros(mask.shape, np.int32) for _ in levels]
     elevation = marker_map(maps, settings.channels, mask, settings.hover_kernel_size)
-    markers, _ = ndimage.label((elevation >= settings.marker_threshold) & mask)
-    return filled_watershed(elevation, markers, mask)
+    found = []
+    for level in levels:
+        markers, _ = ndimage.label((elevation >= level) & mask)
+        found.append(filled_watershed(elevation, markers, mask))
+    return found
 
 
 def instances_from_probability(

@@ -239,3 +239,35 @@ def test_a_recipe_sets_its_tuning_objective_and_the_command_line_wins():
     assert objective() == "count"
     assert objective("experiment=generalist_cpu") == "aji"  # chosen on held-out validation
     assert objective("experiment=generalist_cpu", "objective=pq") == "pq"
+
+
+@pytest.mark.parametrize("output_kind", ["contour", "hover"])
+def test_marker_levels_scored_together_score_as_each_alone(output_kind):
+    """Tuning makes an instance-aware model's mask and marker map once per image for all
+    marker levels (HV maps' border is the dear part): the figures are each level's own."""
+    from nucleiseg.data.instance_targets import instance_targets
+    from nucleiseg.inference.postprocess_tuning import (
+        candidates,
+        marker_level_groups,
+        score,
+        score_marker_levels,
+        tune,
+    )
+
+    channels = {"contour": ("nucleus", "contour"), "hover": ("nucleus", "horizontal", "vertical")}
+    channels = channels[output_kind]
+    truth, _ = touching_and_faint_nuclei()
+    noise = np.random.default_rng(0).normal(0.0, 0.15, (len(channels), *truth.shape))
+    maps = np.clip(instance_targets(truth, channels) + noise, 0, 1).astype(np.float32)
+    grid = {"threshold": [0.4, 0.6], "min_size": [5], "marker_threshold": [0.2, 0.5, 0.8],
+            "hover_kernel_size": [5, 11]}  # fmt: skip
+    settings = candidates(grid, {"fill_holes": True}, channels)
+    groups = marker_level_groups(settings)
+    assert [c for g in groups for c in g] == settings
+    assert len(groups) == len(settings) // 3  # one group per threshold (and kernel)
+    together = score_marker_levels(groups[-1], [maps], [truth], channels=channels)
+    alone = [score(c, [maps], [truth], channels=channels) for c in groups[-1]]
+    assert together == alone
+    assert len({r["count_error"] for r in alone}) > 1  # the levels do differ on this case
+    table = tune([maps], [truth], grid, {"fill_holes": True}, channels=channels)["candidates"]
+    assert [r["settings"] for r in table] == settings

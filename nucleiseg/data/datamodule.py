@@ -21,7 +21,8 @@ from lightning.fabric.utilities.seed import pl_worker_init_function
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from nucleiseg.data.instance_targets import check_channels, instance_targets
+from nucleiseg.channels.names import check_channels
+from nucleiseg.data.instance_targets import instance_targets
 from nucleiseg.data.io import DatasetError
 from nucleiseg.data.resolution import resample_factor, resample_split
 from nucleiseg.data.samples import SplitSamples

@@ -1,6 +1,7 @@
 """Instance-aware training targets drawn from an instance map: what separates touching nuclei.
 
-Channel names (``output_kind.channels``, conf/output_kind/):
+Channel names (``output_kind.channels``, conf/output_kind/; checked by
+:mod:`nucleiseg.channels.names`):
 
 - ``nucleus``: nuclear pixels (the paper's binary target);
 - ``contour``: each nucleus's boundary pixels (scikit-image ``find_boundaries``, ``inner``
@@ -26,26 +27,7 @@ from monai.transforms import ComputeHoVerMaps
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
-CHANNELS = ("nucleus", "contour", "distance", "horizontal", "vertical")
-
-
-def check_channels(channels: Sequence[str]) -> tuple[str, ...]:
-    """The channel names, checked: ``nucleus`` first, each known, none twice."""
-    channels = tuple(channels)
-    unknown = [c for c in channels if c not in CHANNELS]
-    paired = ("horizontal" in channels) == ("vertical" in channels)
-    if (
-        unknown
-        or not channels
-        or channels[0] != "nucleus"
-        or len(set(channels)) < len(channels)
-        or not paired
-    ):
-        raise ValueError(
-            f"output_kind.channels must start with 'nucleus' and name each of {CHANNELS} at most "
-            f"once ('horizontal' and 'vertical' together); got {list(channels)}"
-        )
-    return channels
+from nucleiseg.channels.names import OFFSET_CHANNELS, encode_offsets
 
 
 def contour_map(instances: np.ndarray) -> np.ndarray:
@@ -80,8 +62,8 @@ def hover_maps(instances: np.ndarray) -> np.ndarray:
 
 
 def encoded_hover_maps(instances: np.ndarray) -> np.ndarray:
-    """:func:`hover_maps` as a sigmoid's 0 .. 1: ``(offset + 1) / 2``."""
-    return (hover_maps(instances) + 1.0) / 2.0
+    """:func:`hover_maps` as stored and predicted (a sigmoid's 0 .. 1)."""
+    return encode_offsets(hover_maps(instances))
 
 
 def instance_targets(instances: np.ndarray, channels: Sequence[str]) -> np.ndarray:
@@ -91,7 +73,8 @@ def instance_targets(instances: np.ndarray, channels: Sequence[str]) -> np.ndarr
         "contour": contour_map,
         "distance": distance_map,
     }
-    if "horizontal" in channels:
+    if OFFSET_CHANNELS[0] in channels:
         hover = encoded_hover_maps(instances)
-        makers["horizontal"], makers["vertical"] = (lambda _: hover[0]), (lambda _: hover[1])
+        for axis, name in enumerate(OFFSET_CHANNELS):
+            makers[name] = lambda _, axis=axis: hover[axis]
     return np.stack([makers[name](instances) for name in channels])

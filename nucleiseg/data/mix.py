@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, WeightedRandomSampler
 
+from nucleiseg.channels.names import check_channels
 from nucleiseg.data.datamodule import NucleiDataModule, NucleiDataset, seed_training_worker
-from nucleiseg.data.instance_targets import check_channels
 from nucleiseg.data.io import DatasetError
 from nucleiseg.data.samples import SplitSamples, concatenated
 from nucleiseg.data.splits import SPLITS

@@ -40,6 +40,7 @@ def candidates(
     """Every combination in ``grid``; each marker kind with its own parameter. An
     instance-aware model's (``channels`` beyond the nucleus) markers come from its own maps:
     its knob is ``marker_threshold``."""
+    from nucleiseg.channels.names import offset_indices
     from nucleiseg.postprocessing.watershed import InstanceSettings
 
     found = []
@@ -51,7 +52,7 @@ def candidates(
                   "border_min_size": border_min_size}  # fmt: skip
         if len(channels) > 1:
             # HV outputs also try the Sobel kernel of their border map
-            kernels = (grid.get("hover_kernel_size") if "horizontal" in channels else None) or [
+            kernels = (grid.get("hover_kernel_size") if offset_indices(channels) else None) or [
                 base.get("hover_kernel_size", InstanceSettings.hover_kernel_size)
             ]
             found += [{**common, "marker_threshold": m, "hover_kernel_size": k}

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from monai.transforms import SobelGradients
 
+from nucleiseg.channels.names import check_channels, decode_offsets
+
 _DICE = DiceLoss(sigmoid=True, reduction="none")
 # HoVer-Net's gradient term: each offset map's derivative along its own axis (MONAI's Sobel,
 # as in monai.apps.pathology.losses.HoVerNetLoss)
@@ -53,8 +55,8 @@ def offset_loss(axis: str) -> Callable[..., torch.Tensor]:
     sobel = _SOBEL[axis]
 
     def loss(logits: torch.Tensor, target: torch.Tensor, nucleus: torch.Tensor) -> torch.Tensor:
-        predicted = 2.0 * torch.sigmoid(logits.float()) - 1.0
-        true = 2.0 * target.float() - 1.0
+        predicted = decode_offsets(torch.sigmoid(logits.float()))
+        true = decode_offsets(target.float())
         mse = _per_sample((predicted - true) ** 2)
         gradient = sobel(predicted[:, 0]).as_tensor() - sobel(true[:, 0]).as_tensor()
         focus = nucleus[:, 0].float()
@@ -73,18 +75,13 @@ CHANNEL_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 
 
 def known_channels(channels: Sequence[str]) -> tuple[str, ...]:
-    """The channels, checked against the losses this module has: ``nucleus`` first, then
-    channels with a loss in ``CHANNEL_LOSSES``, none twice, ``horizontal`` and ``vertical``
-    together (the data module checks the same names as it draws their targets)."""
-    channels = tuple(channels)
-    known = channels[:1] == ("nucleus",) and all(c in CHANNEL_LOSSES for c in channels[1:])
-    paired = ("horizontal" in channels) == ("vertical" in channels)
-    if not known or not paired or len(set(channels)) < len(channels):
-        raise ValueError(
-            f"output_kind.channels must start with 'nucleus', followed by any of "
-            f"{sorted(CHANNEL_LOSSES)} at most once ('horizontal' and 'vertical' together); "
-            f"got {list(channels)}"
-        )
+    """The channels, checked (:func:`~nucleiseg.channels.names.check_channels`), each after
+    ``nucleus`` with a loss in ``CHANNEL_LOSSES``."""
+    channels = check_channels(channels)
+    missing = [c for c in channels[1:] if c not in CHANNEL_LOSSES]
+    if missing:
+        raise ValueError(f"output_kind.channels {missing} have no training loss: add one to "
+                         "nucleiseg/lightning/output_losses.py CHANNEL_LOSSES")  # fmt: skip
     return channels
 
 

@@ -13,6 +13,8 @@ from typing import TypeVar
 
 import torch
 
+from nucleiseg.channels.names import negated_offsets, offset_indices
+
 Output = TypeVar("Output", torch.Tensor, dict[str, torch.Tensor])
 
 
@@ -28,13 +30,12 @@ def _offsets_back(
     (``flipped``) then turned ``turns`` quarter turns by ``torch.rot90`` over (H, W).
 
     One such turn moves the offset (dy, dx) to (-dx, dy); so a view's (h, v) is the input's
-    (v, -h) after one turn, and mirroring negates h. Offsets are (map * 2 - 1), so negating
-    one is 1 - map."""
+    (v, -h) after one turn, and mirroring negates h."""
     h, v = maps[:, horizontal], maps[:, vertical]
     for _ in range(turns % 4):  # undo one turn: input (h, v) = (-v', h')
-        h, v = 1.0 - v, h
+        h, v = negated_offsets(v), h
     if flipped:
-        h = 1.0 - h
+        h = negated_offsets(h)
     maps = maps.clone()
     maps[:, horizontal], maps[:, vertical] = h, v
     return maps
@@ -48,11 +49,7 @@ def dihedral_tta(
     probabilities of ``channels`` (the model's output channels), one tensor or a dict of them
     (a two-stage model's outputs)."""
     channels = tuple(channels)
-    offsets = (
-        (channels.index("horizontal"), channels.index("vertical"))
-        if "horizontal" in channels
-        else None
-    )
+    offsets = offset_indices(channels)
 
     def back(t: torch.Tensor, turns: int, flipped: bool) -> torch.Tensor:
         t = torch.rot90(t, -turns, (-2, -1))

@@ -25,6 +25,8 @@ from skimage.measure import regionprops_table
 from skimage.morphology import h_maxima, remove_small_objects
 from skimage.segmentation import clear_border, watershed
 
+from nucleiseg.channels.names import decode_offsets, offset_indices
+
 
 @dataclass
 class InstanceSettings:
@@ -142,9 +144,7 @@ def hover_border(
     (the border between nuclei): MONAI's ``GenerateInstanceBorder``; 0 where the maps are flat."""
     from monai.apps.pathology.transforms.post.array import GenerateInstanceBorder
 
-    # the maps hold (offset + 1) / 2, as the targets (nucleiseg/data/instance_targets.py)
-    encoded = maps[[channels.index("horizontal"), channels.index("vertical")]]
-    offsets = 2.0 * encoded.astype(np.float32) - 1.0
+    offsets = decode_offsets(maps[list(offset_indices(channels))].astype(np.float32))
     try:
         border = GenerateInstanceBorder(kernel_size=kernel_size)(
             mask[None].astype(np.float32), offsets
@@ -162,7 +162,7 @@ def marker_map(
     border (within ``mask``, the thresholded nucleus map)."""
     if "distance" in channels:
         return maps[channels.index("distance")]
-    if "horizontal" in channels:
+    if offset_indices(channels):
         return maps[0] * (1.0 - hover_border(maps, channels, mask, hover_kernel_size))
     return maps[0] * (1.0 - maps[channels.index("contour")])
 

@@ -66,13 +66,6 @@ def test_hover_targets_run_from_minus_one_to_one_across_each_nucleus():
     assert np.ptp(offsets[1, 5, 2:18]) == 0
 
 
-def test_hover_channels_come_in_pairs():
-    from nucleiseg.data.instance_targets import check_channels
-
-    with pytest.raises(ValueError, match="'horizontal' and 'vertical' together"):
-        check_channels(("nucleus", "horizontal"))
-
-
 def test_the_hover_loss_is_zero_for_the_truth_and_counts_the_jump_between_nuclei():
     labels = two_touching_squares()
     target = torch.from_numpy(instance_targets(labels, HOVER))[None]

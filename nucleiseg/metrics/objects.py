@@ -11,6 +11,9 @@
 - Count error: predicted minus true nuclei per image (mean signed, mean absolute).
 
 Counts are summed over the split (dataset-level, "aggregated") before the ratios are taken.
+``aji_per_image_mean`` and ``pq_per_image_mean`` are the other protocol, each image's own
+figure averaged over the images, as HoVer-Net's evaluation (``compute_stats.py``) and the
+PanNuke/CoNSeP tables report them.
 Where a ratio has nothing to count (no nuclei on either side), it is 1.0: nothing was
 missed and nothing invented.
 """
@@ -79,6 +82,14 @@ def _ratio(num: float, den: float) -> float:
     return 1.0 if den == 0 else num / den
 
 
+def image_pq(counts: dict[str, float]) -> float:
+    """One image's PQ from its :func:`image_counts` (1.0 with no nuclei on either side)."""
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    if tp + fp + fn == 0:
+        return 1.0
+    return counts["iou_sum"] / (tp + 0.5 * fp + 0.5 * fn)  # DQ x SQ
+
+
 def _as_numpy_maps(maps: torch.Tensor | np.ndarray) -> list[np.ndarray]:
     array = maps.detach().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps)
     if array.ndim == 2:
@@ -97,6 +108,8 @@ class NucleusMetrics(Metric):
         for name in ("tp", "fp", "fn", "iou_sum", "aji_c", "aji_u", "count_err", "abs_count_err"):
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("images", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        for name in ("aji_image_sum", "pq_image_sum"):  # per-image figures, summed
+            self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, pred: torch.Tensor | np.ndarray, true: torch.Tensor | np.ndarray) -> None:
         """``pred``/``true``: instance maps (N, H, W) or (H, W); 0 is background."""
@@ -107,6 +120,8 @@ class NucleusMetrics(Metric):
             self.count_err.add_(c["n_pred"] - c["n_true"])
             self.abs_count_err.add_(abs(c["n_pred"] - c["n_true"]))
             self.images.add_(1)
+            self.aji_image_sum.add_(_ratio(c["aji_c"], c["aji_u"]))
+            self.pq_image_sum.add_(image_pq(c))
 
     def compute(self) -> dict[str, torch.Tensor]:
         tp, fp, fn = float(self.tp), float(self.fp), float(self.fn)
@@ -121,6 +136,8 @@ class NucleusMetrics(Metric):
             "sq": sq,
             "pq": dq * sq,
             "aji": _ratio(float(self.aji_c), float(self.aji_u)),
+            "aji_per_image_mean": float(self.aji_image_sum) / images if self.images else 1.0,
+            "pq_per_image_mean": float(self.pq_image_sum) / images if self.images else 1.0,
             "count_error": float(self.count_err) / images,
             "abs_count_error": float(self.abs_count_err) / images,
             "true_count": (tp + fn) / images,  # true nuclei per image

@@ -86,6 +86,23 @@ def test_partial_overlap_and_aggregation_over_images():
     assert s["pq"] == pytest.approx(0.5) and s["aji"] == pytest.approx(12 / 32)
 
 
+def test_per_image_means_average_each_image_s_own_figure():
+    """Pooled, a small image with one missed nucleus weighs by its pixels; per image (the
+    protocol of HoVer-Net's tables) it weighs as much as any other."""
+    true, pred = canvas(), canvas()
+    true[0:4, 0:4] = 5
+    pred[0:4, 0:3] = 9  # AJI 0.75, PQ 0.75
+    missed = canvas()
+    missed[6:10, 6:10] = 1  # nothing found: AJI 0, PQ 0
+    metric = NucleusMetrics()
+    metric.update(np.stack([pred, canvas(), canvas()]), np.stack([true, missed, canvas()]))
+    s = {k: float(v) for k, v in metric.compute().items()}
+    assert s["aji"] == pytest.approx(12 / 32) and s["pq"] == pytest.approx(0.5)
+    # the third image, empty on both sides, counts as perfect
+    assert s["aji_per_image_mean"] == pytest.approx((0.75 + 0 + 1) / 3)
+    assert s["pq_per_image_mean"] == pytest.approx((0.75 + 0 + 1) / 3)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_matches_published_definitions_on_random_label_maps(seed):
     rng = np.random.default_rng(seed)
@@ -98,6 +115,8 @@ def test_matches_published_definitions_on_random_label_maps(seed):
     pq, aji = reference_pq_aji(pred, true)
     s = scores(pred, true)
     assert s["pq"] == pytest.approx(pq) and s["aji"] == pytest.approx(aji)
+    assert s["pq_per_image_mean"] == pytest.approx(pq)  # one image: the same figure
+    assert s["aji_per_image_mean"] == pytest.approx(aji)
 
 
 def test_missed_nuclei_counts_what_each_output_alone_found():

@@ -125,6 +125,9 @@ def score_marker_levels(
         instances_from_probability,
     )
 
+    if len(marker_level_groups(group)) != 1:
+        raise ValueError("score_marker_levels takes settings that differ in marker_threshold "
+                         "alone: group them with marker_level_groups")  # fmt: skip
     every = [InstanceSettings(**{**s, "channels": channels}).scaled(factor) for s in group]
     levels = [s.marker_threshold for s in every]
     metrics = [NucleusMetrics() for _ in group]

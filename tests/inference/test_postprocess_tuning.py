@@ -268,6 +268,8 @@ def test_marker_levels_scored_together_score_as_each_alone(output_kind):
     together = score_marker_levels(groups[-1], [maps], [truth], channels=channels)
     alone = [score(c, [maps], [truth], channels=channels) for c in groups[-1]]
     assert together == alone
+    with pytest.raises(ValueError, match="marker_threshold alone"):
+        score_marker_levels([groups[0][0], groups[-1][0]], [maps], [truth], channels=channels)
     assert len({r["count_error"] for r in alone}) > 1  # the levels do differ on this case
     table = tune([maps], [truth], grid, {"fill_holes": True}, channels=channels)["candidates"]
     assert [r["settings"] for r in table] == settings

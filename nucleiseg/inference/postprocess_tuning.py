@@ -116,14 +116,10 @@ def score_marker_levels(
     folds: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`score` of each settings in ``group``, settings that differ in
-    ``marker_threshold`` alone: an instance-aware model's mask and marker map are made once
-    per image for all of them."""
+    ``marker_threshold`` alone: each image is post-processed once for all of them
+    (:func:`~nucleiseg.postprocessing.watershed.instances_at_marker_levels`)."""
     from nucleiseg.metrics.objects import NucleusMetrics
-    from nucleiseg.postprocessing.watershed import (
-        InstanceSettings,
-        instances_at_marker_levels,
-        instances_from_probability,
-    )
+    from nucleiseg.postprocessing.watershed import InstanceSettings, instances_at_marker_levels
 
     if len(marker_level_groups(group)) != 1:
         raise ValueError("score_marker_levels takes settings that differ in marker_threshold "
@@ -133,10 +129,7 @@ def score_marker_levels(
     metrics = [NucleusMetrics() for _ in group]
     by_fold = [{f: NucleusMetrics() for f in sorted(set(folds))} if folds else {} for _ in group]
     for index, (prob, truth) in enumerate(zip(probs, truths, strict=True)):
-        if prob.ndim == 3 and len(channels) > 1:
-            found = instances_at_marker_levels(prob, every[0], levels)
-        else:
-            found = [instances_from_probability(prob, s) for s in every]
+        found = instances_at_marker_levels(prob, every[0], levels)
         for i, instances in enumerate(found):
             metrics[i].update(instances, truth)
             if folds:

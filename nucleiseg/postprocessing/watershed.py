@@ -169,15 +169,14 @@ def marker_map(
 
 def instances_from_maps(maps: np.ndarray, settings: InstanceSettings) -> np.ndarray:
     """Int32 instance map from an instance-aware model's maps (C, H, W)."""
-    return instances_at_marker_levels(maps, settings, [settings.marker_threshold])[0]
+    return _maps_at_marker_levels(maps, settings, [settings.marker_threshold])[0]
 
 
-def instances_at_marker_levels(
+def _maps_at_marker_levels(
     maps: np.ndarray, settings: InstanceSettings, levels: list[float]
 ) -> list[np.ndarray]:
-    """:func:`instances_from_maps` at each marker level of ``levels`` (``settings``'
-    ``marker_threshold`` aside): the nucleus mask and the marker map, the dear part for HV
-    maps, are computed once for all of them (post-processing tuning tries many levels)."""
+    """:func:`instances_from_maps` at each marker level of ``levels``: the nucleus mask and
+    the marker map, the dear part for HV maps, are computed once for all of them."""
     mask = cleaned_mask(maps[0] >= settings.threshold, settings)
     if not mask.any():
         return [np.zeros(mask.shape, np.int32) for _ in levels]
@@ -189,15 +188,26 @@ def instances_at_marker_levels(
     return found
 
 
+def instances_at_marker_levels(
+    prob: np.ndarray, settings: InstanceSettings, levels: list[float]
+) -> list[np.ndarray]:
+    """:func:`instances_from_probability` at each marker level of ``levels`` (``settings``'
+    ``marker_threshold`` aside; post-processing tuning tries many). An instance-aware model's
+    mask and marker map are made once for all levels; a binary map has no marker level, so
+    its one instance map stands for every level."""
+    if prob.ndim == 3 and len(settings.channels) > 1:
+        return _maps_at_marker_levels(prob, settings, levels)
+    instances = instances_from_mask(nucleus_probability(prob) >= settings.threshold, settings)
+    return [instances] * len(levels)
+
+
 def instances_from_probability(
     prob: np.ndarray, settings: InstanceSettings | None = None
 ) -> np.ndarray:
     """Nuclei from a model's maps: a probability (H, W), or (C, H, W) of the channels
     ``settings.channels`` names (instance-aware models)."""
     settings = settings or InstanceSettings()
-    if prob.ndim == 3 and len(settings.channels) > 1:
-        return instances_from_maps(prob, settings)
-    return instances_from_mask(nucleus_probability(prob) >= settings.threshold, settings)
+    return instances_at_marker_levels(prob, settings, [settings.marker_threshold])[0]
 
 
 NUCLEUS_COLUMNS = (

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from nucleiseg.lightning.output_losses import known_channels, output_loss
+from nucleiseg.lightning.output_losses import check_loss_weights, known_channels, output_loss
 from nucleiseg.lightning.phases import Phase
 from nucleiseg.metrics.objects import MissedNuclei, NucleusMetrics
 from nucleiseg.metrics.per_image import PerImageScores
@@ -67,7 +67,7 @@ class SegmentationModule(L.LightningModule):
         self.scheduler_factory = scheduler
         # what the networks output (conf/output_kind/): "nucleus" first, then instance-aware maps
         self.channels = known_channels(channels)
-        self.loss_weights = dict(loss_weights or {})
+        self.loss_weights = check_loss_weights(self.channels, loss_weights)
         settings = {**(postprocess or {"threshold": threshold}), "channels": self.channels}
         self.instance_settings = InstanceSettings(**settings)
         self.optimizer_factory = optimizer

@@ -1,6 +1,7 @@
-"""The training loss of a model's output channels (conf/output/): the paper's pixel-wise BCE
-on the nucleus channel, and for instance-aware outputs a loss per extra channel (torch and
-MONAI), counted only for samples whose source draws instances (``instance_weight`` 1)."""
+"""The training loss of a model's output channels (conf/output_kind/): the paper's pixel-wise
+BCE on the nucleus channel (optionally plus MONAI's soft Dice, ``loss_weights.nucleus_dice``),
+and for instance-aware outputs a loss per extra channel (torch and MONAI), counted only for
+samples whose source draws instances (``instance_weight`` 1)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from monai.transforms import SobelGradients
 from nucleiseg.channels.names import check_channels, decode_offsets
 
 _DICE = DiceLoss(sigmoid=True, reduction="none")
+# the nucleus channel's Dice over the whole batch: a crop without nuclei has no Dice of its own
+_BATCH_DICE = DiceLoss(sigmoid=True, batch=True)
+#: ``loss_weights`` key of the soft Dice added to the nucleus channel's BCE (0 or absent: the
+#: paper's BCE alone)
+NUCLEUS_DICE = "nucleus_dice"
 # HoVer-Net's gradient term: each offset map's derivative along its own axis (MONAI's Sobel,
 # as in monai.apps.pathology.losses.HoVerNetLoss)
 _SOBEL = {
@@ -74,6 +80,23 @@ CHANNEL_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
+def check_loss_weights(
+    channels: Sequence[str], weights: Mapping[str, float] | None
+) -> dict[str, float]:
+    """``weights`` as a dict, each key an extra channel of ``channels`` or ``nucleus_dice``,
+    each value a number >= 0."""
+    weights = dict(weights or {})
+    allowed = [*channels[1:], NUCLEUS_DICE]
+    unknown = [key for key in weights if key not in allowed]
+    if unknown:
+        raise ValueError(f"output_kind.loss_weights {unknown} name no loss of the channels "
+                         f"{list(channels)}: use one of {allowed}")  # fmt: skip
+    negative = {key: value for key, value in weights.items() if float(value) < 0}
+    if negative:
+        raise ValueError(f"output_kind.loss_weights {negative} must be >= 0")
+    return {key: float(value) for key, value in weights.items()}
+
+
 def known_channels(channels: Sequence[str]) -> tuple[str, ...]:
     """The channels, checked (:func:`~nucleiseg.channels.names.check_channels`), each after
     ``nucleus`` with a loss in ``CHANNEL_LOSSES``."""
@@ -92,13 +115,17 @@ def output_loss(
     weights: Mapping[str, float] | None = None,
     instance_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """BCE of the nucleus channel plus each extra channel's weighted loss.
+    """BCE of the nucleus channel (plus its soft Dice, weighted by ``weights["nucleus_dice"]``)
+    plus each extra channel's weighted loss.
 
     ``target`` is (N, C, H, W) with the channels ``channels`` names (a binary model's is the
     nucleus mask alone); ``instance_weight`` (N,) masks the extra channels' loss per sample
     (0 for binary-only sources), averaged over the samples that count.
     """
     loss = bce(logits[:, :1], target[:, :1])
+    dice_weight = (weights or {}).get(NUCLEUS_DICE, 0.0)
+    if dice_weight:
+        loss = loss + dice_weight * _BATCH_DICE(logits[:, :1].float(), target[:, :1].float())
     if len(channels) == 1:
         return loss
     if target.shape[1] != len(channels) or logits.shape[1] != len(channels):

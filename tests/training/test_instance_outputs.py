@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nucleiseg.data.instance_targets import contour_map, distance_map, instance_targets
-from nucleiseg.lightning.output_losses import bce, output_loss
+from nucleiseg.lightning.output_losses import bce, check_loss_weights, output_loss
 from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_probability
 
 from conftest import compose_config, smoke_overrides
@@ -97,6 +97,35 @@ def test_a_binary_only_sample_adds_nothing_to_the_instance_channels():
     assert again.item() == pytest.approx(loss.item())
     nucleus_only = output_loss(logits, target, ("nucleus", "contour"), {}, torch.zeros(2))
     assert nucleus_only.item() == pytest.approx(bce(logits[:, :1], target[:, :1]).item())
+
+
+def test_nucleus_dice_adds_the_batch_soft_dice_of_the_nucleus_channel():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 2, 16, 16)
+    target = (torch.rand(3, 2, 16, 16) > 0.6).float()
+    target[2, 0] = 0  # a crop without nuclei: counted within the batch's Dice
+    channels = ("nucleus", "contour")
+    plain = output_loss(logits, target, channels, {"contour": 1.0})
+    with_dice = output_loss(logits, target, channels, {"contour": 1.0, "nucleus_dice": 0.5})
+    p, t = torch.sigmoid(logits[:, 0]), target[:, 0]
+    soft_dice = 1 - (2 * (p * t).sum() + 1e-5) / (p.sum() + t.sum() + 1e-5)
+    assert with_dice.item() - plain.item() == pytest.approx(0.5 * soft_dice.item(), rel=1e-4)
+    # a binary model takes it too; without the key the loss is the paper's BCE alone
+    binary = output_loss(logits[:, :1], target[:, :1], ("nucleus",), {"nucleus_dice": 1.0})
+    assert binary.item() == pytest.approx(
+        bce(logits[:, :1], target[:, :1]).item() + soft_dice.item(), rel=1e-4
+    )
+
+
+def test_loss_weights_name_a_loss_of_the_channels():
+    weights = check_loss_weights(("nucleus", "contour"), {"contour": 2, "nucleus_dice": 1})
+    assert weights == {"contour": 2.0, "nucleus_dice": 1.0}
+    with pytest.raises(
+        ValueError, match=r"\['distance'\].*use one of \['contour', 'nucleus_dice'\]"
+    ):
+        check_loss_weights(("nucleus", "contour"), {"distance": 1.0})
+    with pytest.raises(ValueError, match="must be >= 0"):
+        check_loss_weights(("nucleus",), {"nucleus_dice": -1.0})
 
 
 def test_instance_channels_split_touching_nuclei_that_binary_watershed_merges():

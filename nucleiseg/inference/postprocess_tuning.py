@@ -3,16 +3,17 @@
 
 Every combination of threshold, watershed markers (distance-transform peaks ``min_distance``
 apart, or h-maxima of depth ``h``; for instance-aware models the level ``marker_threshold``
-of their marker map), minimum size, and minimum size of the fragments at the image's edge
-(``border_min_size``) in ``grid`` is scored on the validation images (never the test
-split); the chosen one has (``objective``) the smallest absolute
-nucleus-count error relative to the true count, ties broken by AJI, or the highest AJI or
-PQ, ties broken by the count error. With ``tta`` the maps are averaged over the 8 dihedral
-views first (and the tuned checkpoint says so). The same settings applied to the true
-masks (what post-processing alone miscounts) are scored beside it. It is written, with the
-table of every candidate, to ``postprocess_tuning.json`` in the run dir, and into a copy of
-the checkpoint (``<name>.tuned.ckpt`` beside it, written atomically; the original is never
-changed), so ``predict`` and ``evaluate`` use the values the model was tuned with.
+of their marker map and the smallest marker kept, ``marker_min_size``), minimum size, and
+minimum size of the fragments at the image's edge (``border_min_size``) in ``grid`` is
+scored on the validation images (never the test split); the chosen one has (``objective``)
+the smallest absolute nucleus-count error relative to the true count, ties broken by AJI,
+or the highest AJI or PQ, ties broken by the count error. With ``tta`` the maps are
+averaged over the 8 dihedral views first (and the tuned checkpoint says so). The same
+settings applied to the true masks (what post-processing alone miscounts) are scored beside
+it. It is written, with the table of every candidate, to ``postprocess_tuning.json`` in the
+run dir, and into a copy of the checkpoint (``<name>.tuned.ckpt`` beside it, written
+atomically; the original is never changed), so ``predict`` and ``evaluate`` use the values
+the model was tuned with.
 With ``held_out=true`` it also reports, per objective, how its choice carries to images it
 was not chosen on (chosen on one half of the validation images, scored on the other, both
 ways): a way to pick the objective on the validation split alone.
@@ -55,8 +56,14 @@ def candidates(
             kernels = (grid.get("hover_kernel_size") if offset_indices(channels) else None) or [
                 base.get("hover_kernel_size", InstanceSettings.hover_kernel_size)
             ]
-            found += [{**common, "marker_threshold": m, "hover_kernel_size": k}
-                      for k in kernels for m in grid["marker_threshold"]]  # fmt: skip
+            # a grid without marker_min_size keeps the base's
+            marker_sizes = grid.get("marker_min_size") or [
+                base.get("marker_min_size", InstanceSettings.marker_min_size)
+            ]
+            found += [{**common, "marker_threshold": m, "hover_kernel_size": k,
+                       "marker_min_size": size}
+                      for k in kernels for size in marker_sizes
+                      for m in grid["marker_threshold"]]  # fmt: skip
             continue
         found += [{**common, "markers": "peaks", "min_distance": d} for d in grid["min_distance"]]
         found += [{**common, "markers": "h_maxima", "h": h} for h in grid["h"]]

@@ -40,6 +40,9 @@ class InstanceSettings:
     markers: str = "peaks"  # "peaks" (min_distance apart) or "h_maxima" (depth h)
     h: float = 1.0  # h-maxima depth in pixels of the distance transform
     marker_threshold: float = 0.5  # instance-aware outputs: marker map level of a marker
+    # instance-aware outputs: markers under this many pixels are dropped (HoVer-Net's
+    # post-processing drops markers under 10 px): specks of the marker map split no nucleus
+    marker_min_size: int = 0
     hover_kernel_size: int = 21  # HV outputs: Sobel kernel (odd, pixels) of their border map
     # what the maps' channels are (the model's output_kind.channels; set by the module)
     channels: tuple[str, ...] = ("nucleus",)
@@ -71,6 +74,7 @@ class InstanceSettings:
             self,
             min_distance=max(1, round(self.min_distance * factor)),
             min_size=area(self.min_size),
+            marker_min_size=area(self.marker_min_size),
             border_min_size=None if border is None else area(border),
             h=self.h * factor,
             hover_kernel_size=max(3, 2 * int(self.hover_kernel_size * factor / 2) + 1),  # odd
@@ -183,7 +187,8 @@ def _maps_at_marker_levels(
     elevation = marker_map(maps, settings.channels, mask, settings.hover_kernel_size)
     found = []
     for level in levels:
-        markers, _ = ndimage.label((elevation >= level) & mask)
+        seeds = _without_objects_under((elevation >= level) & mask, settings.marker_min_size)
+        markers, _ = ndimage.label(seeds)
         found.append(filled_watershed(elevation, markers, mask))
     return found
 

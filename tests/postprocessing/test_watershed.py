@@ -1,4 +1,5 @@
-"""Probability -> nuclei: the minimum size, and the fragments of nuclei cut by the image's edge."""
+"""Probability -> nuclei: the minimum size, the fragments of nuclei cut by the image's edge, and
+the smallest marker of instance-aware maps."""
 
 from __future__ import annotations
 
@@ -71,4 +72,37 @@ def test_the_tuning_grid_tries_each_border_min_size_and_keeps_the_base_without_o
     assert len(found) == 4
     assert sorted((c["min_size"], c["border_min_size"] or 0) for c in found) == [
         (10, 0), (10, 5), (30, 0), (30, 5)
+    ]  # fmt: skip
+
+
+def nucleus_with_a_speck_of_marker() -> np.ndarray:
+    """Contour maps (2, 64, 64) of one nucleus (radius 12) whose contour probability dips
+    twice inside: a broad core (the nucleus's own marker) and a 2 px speck off to its side."""
+    nucleus = np.zeros((64, 64), np.float32)
+    nucleus[disk((32, 32), 12)] = 1.0
+    contour = np.where(nucleus > 0, 0.5, 0.0).astype(np.float32)
+    contour[disk((32, 28), 5)] = 0.0  # the core
+    contour[32:34, 40] = 0.0  # a speck of the marker map, apart from the core
+    return np.stack([nucleus, contour])
+
+
+def test_markers_under_marker_min_size_split_no_nucleus():
+    maps = nucleus_with_a_speck_of_marker()
+    channels = ("nucleus", "contour")
+    every = instances_from_maps(maps, InstanceSettings(marker_threshold=0.9, channels=channels))
+    assert len(np.unique(every)) - 1 == 2  # the speck's marker splits the nucleus
+    kept = InstanceSettings(marker_threshold=0.9, marker_min_size=5, channels=channels)
+    one = instances_from_maps(maps, kept)
+    assert len(np.unique(one)) - 1 == 1
+    assert (one > 0).sum() == (maps[0] > 0).sum()  # the whole nucleus, from the core
+
+
+def test_marker_min_size_scales_as_an_area_and_the_grid_tries_each():
+    assert InstanceSettings(marker_min_size=5).scaled(2.0).marker_min_size == 20
+    grid = {"threshold": [0.5], "min_size": [10], "marker_threshold": [0.5, 0.9]}
+    channels = ("nucleus", "contour")
+    assert {c["marker_min_size"] for c in candidates(grid, {}, channels)} == {0}
+    found = candidates({**grid, "marker_min_size": [0, 10]}, {}, channels)
+    assert sorted((c["marker_min_size"], c["marker_threshold"]) for c in found) == [
+        (0, 0.5), (0, 0.9), (10, 0.5), (10, 0.9)
     ]  # fmt: skip

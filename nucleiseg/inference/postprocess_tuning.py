@@ -122,21 +122,25 @@ def score_marker_levels(
     channels: tuple[str, ...] = ("nucleus",),
     folds: list[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """:func:`score` of each settings in ``group``, settings that differ in
-    ``marker_threshold`` alone: each image is post-processed once for all of them
+    """:func:`score` of each settings in ``group``, settings that differ in their marker knobs
+    (``marker_threshold``, ``marker_min_size``) alone: each image's mask and marker map are
+    made once for all of them
     (:func:`~nucleiseg.postprocessing.watershed.instances_at_marker_levels`)."""
     from nucleiseg.metrics.objects import NucleusMetrics
     from nucleiseg.postprocessing.watershed import InstanceSettings, instances_at_marker_levels
 
     if len(marker_level_groups(group)) != 1:
-        raise ValueError("score_marker_levels takes settings that differ in marker_threshold "
-                         "alone: group them with marker_level_groups")  # fmt: skip
+        raise ValueError(
+            "score_marker_levels takes settings that differ in marker_threshold and "
+            "marker_min_size alone: group them with marker_level_groups"
+        )
     every = [InstanceSettings(**{**s, "channels": channels}).scaled(factor) for s in group]
     levels = [s.marker_threshold for s in every]
+    marker_sizes = [s.marker_min_size for s in every]
     metrics = [NucleusMetrics() for _ in group]
     by_fold = [{f: NucleusMetrics() for f in sorted(set(folds))} if folds else {} for _ in group]
     for index, (prob, truth) in enumerate(zip(probs, truths, strict=True)):
-        found = instances_at_marker_levels(prob, every[0], levels)
+        found = instances_at_marker_levels(prob, every[0], levels, marker_sizes)
         for i, instances in enumerate(found):
             metrics[i].update(instances, truth)
             if folds:
@@ -148,13 +152,20 @@ def score_marker_levels(
     return values
 
 
+# the knobs that act on the markers alone: candidates differing in these share a mask and map
+MARKER_KNOBS = ("marker_threshold", "marker_min_size")
+
+
 def marker_level_groups(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Consecutive candidates that differ in ``marker_threshold`` alone, in their order."""
+    """Consecutive candidates that differ in their marker knobs (``MARKER_KNOBS``) alone, in
+    their order."""
+
+    def rest(candidate: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in candidate.items() if k not in MARKER_KNOBS}
+
     groups: list[list[dict[str, Any]]] = []
     for candidate in settings:
-        rest = {k: v for k, v in candidate.items() if k != "marker_threshold"}
-        last = groups[-1][0] if groups else None
-        if last is not None and rest == {k: v for k, v in last.items() if k != "marker_threshold"}:
+        if groups and rest(candidate) == rest(groups[-1][0]):
             groups[-1].append(candidate)
         else:
             groups.append([candidate])

@@ -128,3 +128,21 @@ def test_missed_nuclei_counts_what_each_output_alone_found():
     metric.update(stage1, two_stage, true)
     got = {k: float(v) for k, v in metric.compute().items()}
     assert got == {"true_nuclei": 2, "found_by_two_stage_only": 1, "found_by_stage1_only": 0}
+
+
+def test_compact_ids_equal_numpy_unique_for_every_kind_of_label_map():
+    from nucleiseg.metrics.objects import compact_ids
+
+    rng = np.random.default_rng(0)
+    maps = [
+        rng.integers(0, 50, (64, 64)).astype(np.int32),
+        rng.integers(0, 3, (9, 7)).astype(np.uint16),
+        np.zeros((5, 5), np.int32),
+        np.array([[0, 7], [7, 2**31 - 1]], np.int64),  # ids far above the image's size
+        np.array([[-1, 0], [3, 3]]),  # negative ids
+    ]
+    for labels in maps:
+        ids, compact = compact_ids(labels)
+        expected_ids, expected = np.unique(labels, return_inverse=True)
+        assert np.array_equal(ids, expected_ids)
+        assert np.array_equal(compact, expected.ravel())

@@ -28,8 +28,8 @@ MATCH_IOU = 0.5
 
 
 def compact_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The ids present in a label map (sorted) and the map with each id replaced by its index
-    among them: ``np.unique(labels, return_inverse=True)``, by counting instead of sorting
+    """The ids present in a label map (sorted) and the flattened map with each id replaced by
+    its index among them: ``np.unique(labels, return_inverse=True)``, by counting instead of sorting
     where the ids are non-negative and not much larger than the image (tuning scores
     thousands of instance maps; sorting each was most of its time)."""
     flat = np.asarray(labels).ravel()
@@ -50,7 +50,7 @@ def overlap_table(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.nd
     true_ids, true_compact = compact_ids(true)
     pred_ids, pred_compact = compact_ids(pred)
     t, p = len(true_ids), len(pred_ids)
-    joint = np.bincount(true_compact.ravel() * p + pred_compact.ravel(), minlength=t * p)
+    joint = np.bincount(true_compact * p + pred_compact, minlength=t * p)
     joint = joint.reshape(t, p)
     # drop background rows/columns (id 0) where present
     rows = true_ids != 0

@@ -173,29 +173,7 @@ def marker_map(
 
 def instances_from_maps(maps: np.ndarray, settings: InstanceSettings) -> np.ndarray:
     """Int32 instance map from an instance-aware model's maps (C, H, W)."""
-    return _maps_at_marker_levels(maps, settings, [settings.marker_threshold])[0]
-
-
-def _maps_at_marker_levels(
-    maps: np.ndarray,
-    settings: InstanceSettings,
-    levels: list[float],
-    marker_sizes: list[int] | None = None,
-) -> list[np.ndarray]:
-    """:func:`instances_from_maps` at each marker level of ``levels`` (with the smallest marker
-    of ``marker_sizes``, one per level; None: ``settings.marker_min_size``): the nucleus mask
-    and the marker map, the dear part for HV maps, are computed once for all of them."""
-    sizes = marker_sizes or [settings.marker_min_size] * len(levels)
-    mask = cleaned_mask(maps[0] >= settings.threshold, settings)
-    if not mask.any():
-        return [np.zeros(mask.shape, np.int32) for _ in levels]
-    elevation = marker_map(maps, settings.channels, mask, settings.hover_kernel_size)
-    found = []
-    for level, size in zip(levels, sizes, strict=True):
-        seeds = _without_objects_under((elevation >= level) & mask, size)
-        markers, _ = ndimage.label(seeds)
-        found.append(filled_watershed(elevation, markers, mask))
-    return found
+    return instances_at_marker_levels(maps, settings, [settings.marker_threshold])[0]
 
 
 def instances_at_marker_levels(
@@ -207,12 +185,22 @@ def instances_at_marker_levels(
     """:func:`instances_from_probability` at each marker level of ``levels``, each with the
     smallest marker of ``marker_sizes`` (None: ``settings.marker_min_size``); ``settings``'
     own marker knobs aside (post-processing tuning tries many). An instance-aware model's
-    mask and marker map are made once for all levels; a binary map has no markers of that
-    kind, so its one instance map stands for every level."""
-    if prob.ndim == 3 and len(settings.channels) > 1:
-        return _maps_at_marker_levels(prob, settings, levels, marker_sizes)
-    instances = instances_from_mask(nucleus_probability(prob) >= settings.threshold, settings)
-    return [instances] * len(levels)
+    nucleus mask and marker map, the dear part for HV maps, are made once for all levels; a
+    binary map has no markers of that kind, so its one instance map stands for every level."""
+    if prob.ndim != 3 or len(settings.channels) == 1:
+        instances = instances_from_mask(nucleus_probability(prob) >= settings.threshold, settings)
+        return [instances] * len(levels)
+    sizes = marker_sizes or [settings.marker_min_size] * len(levels)
+    mask = cleaned_mask(prob[0] >= settings.threshold, settings)
+    if not mask.any():
+        return [np.zeros(mask.shape, np.int32) for _ in levels]
+    elevation = marker_map(prob, settings.channels, mask, settings.hover_kernel_size)
+    found = []
+    for level, size in zip(levels, sizes, strict=True):
+        seeds = _without_objects_under((elevation >= level) & mask, size)
+        markers, _ = ndimage.label(seeds)
+        found.append(filled_watershed(elevation, markers, mask))
+    return found
 
 
 def instances_from_probability(

@@ -13,9 +13,13 @@ CONSEP_ROOT ?= $(DATA)/consep
 CONSEP_RUN ?= outputs/consep_cpu
 MPP ?= 0.25
 GENERALIST_RUN ?= outputs/generalist_cpu
+comma := ,
+# the generalist's runs, one per seed of SEEDS, and their ensemble (make generalist-ensemble)
+GENERALIST_SEED_RUNS = $(foreach seed,$(subst $(comma), ,$(SEEDS)),$(GENERALIST_RUN)_seed$(seed))
+GENERALIST_ENSEMBLE = $(GENERALIST_RUN)_ensemble
 ROWS ?= matrix
 
-.PHONY: help install test lint format train smoke sweep paper report bench gpu-check study tnbc-cpu consep-cpu generalist generalization clean
+.PHONY: help install test lint format train smoke sweep paper report bench gpu-check study tnbc-cpu consep-cpu generalist generalist-ensemble generalization clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -80,6 +84,16 @@ generalist:  ## a model for slides of other labs: TNBC + CoNSeP, stain augmentat
 	$(PYTHON) -m nucleiseg.tune_postprocess experiment=generalist_cpu paths.data_dir=$(DATA) ckpt=$(GENERALIST_RUN)/checkpoints/finetune/best.ckpt paths.output_dir=$(GENERALIST_RUN)/tuning $(ARGS) $(TUNE_ARGS)
 	$(PYTHON) -m nucleiseg.evaluate dataset=tnbc dataset.root=$(TNBC_ROOT) ckpt=$(GENERALIST_RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(GENERALIST_RUN)/eval_tnbc trainer.precision=32-true
 	$(PYTHON) -m nucleiseg.evaluate dataset=consep dataset.root=$(CONSEP_ROOT) ckpt=$(GENERALIST_RUN)/checkpoints/finetune/best.tuned.ckpt paths.output_dir=$(GENERALIST_RUN)/eval_consep trainer.precision=32-true
+
+generalist-ensemble:  ## the generalist once per seed (SEEDS=0,1,2: runs <GENERALIST_RUN>_seed<k>; a run already scored is kept, an unfinished one resumed), their maps averaged as one checkpoint (<GENERALIST_RUN>_ensemble/ensemble.ckpt), tuned on both validation splits, each test split scored
+	for seed in $(subst $(comma), ,$(SEEDS)); do run=$(GENERALIST_RUN)_seed$$seed; \
+	  if [ -f $$run/eval_consep/results.json ]; then echo "$$run: trained and scored, kept"; \
+	  else $(MAKE) generalist GENERALIST_RUN=$$run ARGS="seed=$$seed $(ARGS)" || exit 1; fi; \
+	done
+	$(PYTHON) -m nucleiseg.ensemble members=[$(subst $(eval) ,$(comma),$(strip $(foreach run,$(GENERALIST_SEED_RUNS),$(run)/checkpoints/finetune/best.ckpt)))] output=$(GENERALIST_ENSEMBLE)/ensemble.ckpt overwrite=true
+	$(PYTHON) -m nucleiseg.tune_postprocess experiment=generalist_cpu paths.data_dir=$(DATA) ckpt=$(GENERALIST_ENSEMBLE)/ensemble.ckpt paths.output_dir=$(GENERALIST_ENSEMBLE)/tuning $(TUNE_ARGS)
+	$(PYTHON) -m nucleiseg.evaluate dataset=tnbc dataset.root=$(TNBC_ROOT) ckpt=$(GENERALIST_ENSEMBLE)/ensemble.tuned.ckpt paths.output_dir=$(GENERALIST_ENSEMBLE)/eval_tnbc trainer.precision=32-true
+	$(PYTHON) -m nucleiseg.evaluate dataset=consep dataset.root=$(CONSEP_ROOT) ckpt=$(GENERALIST_ENSEMBLE)/ensemble.tuned.ckpt paths.output_dir=$(GENERALIST_ENSEMBLE)/eval_consep trainer.precision=32-true
 
 generalization:  ## the generalization matrix: each source alone and the mix, scored on every source (DATA=data, ROWS=matrix or loso_tnbc, ARGS="extra_test=[my/folder]"); resumable
 	$(PYTHON) -m nucleiseg.generalization data_dir=$(DATA) rows=$(ROWS) $(ARGS)

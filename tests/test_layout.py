@@ -30,7 +30,7 @@ for _package in set(ALLOWED) - {"channels"}:
     ALLOWED[_package].add("channels")
 ENTRY_POINTS = {
     "train", "predict", "evaluate", "export", "tune_postprocess", "report", "study",
-    "generalization",
+    "generalization", "ensemble",
 }  # fmt: skip
 
 

@@ -52,7 +52,23 @@ class ExportedModel(nn.Module):
         return torch.sigmoid(enhance(self.enhancer, image, logits1, self.sees_image, self.residual))
 
 
-def exported_model(module) -> ExportedModel:
+class ExportedEnsemble(nn.Module):
+    """Several exported models as one graph: their probabilities averaged
+    (``nucleiseg.lightning.ensemble``)."""
+
+    def __init__(self, members: list[ExportedModel]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(image) for member in self.members]).mean(0)
+
+
+def exported_model(module) -> ExportedModel | ExportedEnsemble:
+    """The plain nn.Module of a loaded module (an ensemble's: its members averaged)."""
+    members = getattr(module, "members", None)
+    if members is not None:
+        return ExportedEnsemble([exported_model(member) for member in members]).eval()
     enhancer = getattr(module, "enhancer", None)
     sees_image = getattr(module, "enhancer_sees_image", True)
     residual = getattr(module, "residual", False)
@@ -60,7 +76,10 @@ def exported_model(module) -> ExportedModel:
 
 
 def export(
-    model: ExportedModel, path: str | Path, fmt: str, size: tuple[int, int] | None = None
+    model: ExportedModel | ExportedEnsemble,
+    path: str | Path,
+    fmt: str,
+    size: tuple[int, int] | None = None,
 ) -> Path:
     """Write ``model`` as ``fmt`` (``onnx`` or ``torchscript``) and check it against PyTorch.
 
@@ -103,10 +122,8 @@ def weight_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
 
-def _write_and_check(
-    model: ExportedModel, path: Path, fmt: str, size: tuple[int, int] | None
-) -> None:
-    fixed = isinstance(model.stage1, MicroNet)
+def _write_and_check(model: nn.Module, path: Path, fmt: str, size: tuple[int, int] | None) -> None:
+    fixed = any(isinstance(part, MicroNet) for part in model.modules())
     if fixed and size is None:
         raise ValueError(
             "Micro-Net tiles its input in Python and cannot export with a dynamic size; "
@@ -151,7 +168,7 @@ def run_exported(path: Path, fmt: str, image: np.ndarray) -> np.ndarray:
         return torch.jit.load(str(path))(torch.from_numpy(image)).numpy()
 
 
-def check_export(model: ExportedModel, path: Path, fmt: str, shape: tuple[int, ...]) -> float:
+def check_export(model: nn.Module, path: Path, fmt: str, shape: tuple[int, ...]) -> float:
     image = torch.rand(*shape)
     with torch.no_grad():
         expected = model(image).numpy()

@@ -8,7 +8,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from nucleiseg.inference.ensembling import ENSEMBLE_KEY, member_prefix
 from nucleiseg.lightning.base import SegmentationModule
+from nucleiseg.lightning.ensemble import EnsembleModule
 from nucleiseg.training.builders import build_modules
 from nucleiseg.training.checkpoints import CheckpointError, read_checkpoint, stored_model_config
 
@@ -22,13 +24,33 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[Segmentatio
     """The module a checkpoint holds, in eval mode, and the output to use.
 
     A checkpoint with enhancer weights gives the two-stage model (output ``two_stage``);
-    one from phase 1 gives stage 1 alone (output ``stage1``).
+    one from phase 1 gives stage 1 alone (output ``stage1``); an ensemble's
+    (``python -m nucleiseg.ensemble``) gives its members averaged, as one module.
     """
     path = Path(checkpoint)
     state = read_checkpoint(path)
-    cfg = OmegaConf.create(stored_model_config(state, path))
-    modules = build_modules(cfg)
-    weights = state["state_dict"]
+    config = stored_model_config(state, path)
+    if ENSEMBLE_KEY in config:
+        module, output = _ensemble_module(config, state["state_dict"], path)
+    else:
+        module, output = _trained_module(config, state["state_dict"], f"checkpoint '{path}'")
+    module.phase = str(config.get("phase", "predict"))
+    module.tuned_with_tta = bool(config.get("tuned_with_tta", False))
+    if module.mpp is None:
+        log.warning(
+            "checkpoint '%s' stores no pixel size (written before model.mpp was stored): "
+            "inputs are fed to it at their own resolution, not resampled; make sure they are "
+            "at the resolution it was trained at", path,
+        )  # fmt: skip
+    return module.to(device).eval(), output
+
+
+def _trained_module(
+    config: dict[str, Any], weights: dict[str, Any], where: str
+) -> tuple[SegmentationModule, str]:
+    """The module one trained model's stored config builds, its weights loaded (``where``
+    names the model in errors)."""
+    modules = build_modules(OmegaConf.create(config))
     two_stage = any(k.startswith("enhancer.") for k in weights)
     module = modules["two_stage" if two_stage else "stage1"]
     try:
@@ -36,17 +58,28 @@ def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[Segmentatio
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(
-            f"checkpoint '{path}' weights do not fit its stored model config ({first})"
+            f"{where}: weights do not fit its stored model config ({first})"
         ) from err
-    module.phase = str(cfg.get("phase", "predict"))
-    module.tuned_with_tta = bool(cfg.get("tuned_with_tta", False))
-    if module.mpp is None:
-        log.warning(
-            "checkpoint '%s' stores no pixel size (written before model.mpp was stored): "
-            "inputs are fed to it at their own resolution, not resampled; make sure they are "
-            "at the resolution it was trained at", path,
-        )  # fmt: skip
-    return module.to(device).eval(), "two_stage" if two_stage else "stage1"
+    return module, "two_stage" if two_stage else "stage1"
+
+
+def _ensemble_module(
+    config: dict[str, Any], weights: dict[str, Any], path: Path
+) -> tuple[EnsembleModule, str]:
+    """An ensemble checkpoint's members, each built and loaded as its own checkpoint."""
+    members, outputs = [], set()
+    for index, member_config in enumerate(config[ENSEMBLE_KEY]["members"]):
+        prefix = member_prefix(index)
+        own = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
+        module, output = _trained_module(member_config, own, f"member {index} of ensemble '{path}'")
+        members.append(module)
+        outputs.add(output)
+    if len(outputs) != 1:
+        raise CheckpointError(f"ensemble '{path}' mixes outputs {sorted(outputs)}")
+    ensemble = EnsembleModule(
+        members, postprocess=config.get("postprocess") or None, threshold=members[0].threshold
+    )
+    return ensemble, outputs.pop()
 
 
 def apply_input_mpp(module: SegmentationModule, input_mpp: float | None) -> float | None:

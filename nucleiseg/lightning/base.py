@@ -62,8 +62,11 @@ class SegmentationModule(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         channels: Sequence[str] = ("nucleus",),
         loss_weights: Mapping[str, float] | None = None,
+        outputs: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        if outputs is not None:  # a module whose outputs are its members' (an ensemble)
+            self.outputs = tuple(outputs)
         self.scheduler_factory = scheduler
         # what the networks output (conf/output_kind/): "nucleus" first, then instance-aware maps
         self.channels = known_channels(channels)

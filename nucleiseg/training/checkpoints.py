@@ -134,7 +134,9 @@ def stored_model_config(state: dict[str, Any], path: str | Path) -> dict[str, An
             "use a .ckpt from a run's checkpoints/ folder"
         )
     check_model_config(config, path)
-    net = config.get("backbone", {}).get("net", {})
-    if isinstance(net, dict) and "encoder_weights" in net:
-        net["encoder_weights"] = None  # the weights are in the checkpoint: never download
+    members = (config.get("ensemble") or {}).get("members") or []  # an ensemble's models
+    for model in [config, *members]:
+        net = model.get("backbone", {}).get("net", {}) if isinstance(model, dict) else None
+        if isinstance(net, dict) and "encoder_weights" in net:
+            net["encoder_weights"] = None  # the weights are in the checkpoint: never download
     return config

@@ -141,7 +141,7 @@ class SegmentationModule(L.LightningModule):
             return None
         return list(self.source_weights)[dataloader_idx]
 
-    # -- to implement ---------------------------------------------------------------------
+    # -- to implement (``loss`` where the final output's alone is not it) -------------------
     @property
     def parts(self) -> dict[str, nn.Module]:
         """Named sub-networks that phases freeze or train (``stage1``, ``enhancer``)."""
@@ -159,8 +159,9 @@ class SegmentationModule(L.LightningModule):
         target: torch.Tensor,
         instance_weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The training loss; ``target`` (N, C, H, W) holds the output's channels."""
-        raise NotImplementedError
+        """The training loss; ``target`` (N, C, H, W) holds the output's channels. By
+        default the loss of the module's final output (its last in ``outputs``)."""
+        return self.output_loss(logits[self.outputs[-1]], target, instance_weight)
 
     def output_loss(
         self, logits: torch.Tensor, target: torch.Tensor, instance_weight: torch.Tensor | None

@@ -64,12 +64,3 @@ class EnsembleModule(SegmentationModule):
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         per_member = [member.compute_outputs(image)[0] for member in self.members]
         return mean_probability_logits(per_member), image.new_zeros(())
-
-    def loss(
-        self,
-        logits: dict[str, torch.Tensor],
-        target: torch.Tensor,
-        instance_weight: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The final output's loss, as its members report theirs (evaluation only)."""
-        return self.output_loss(logits[self.outputs[-1]], target, instance_weight)

@@ -66,11 +66,3 @@ class Stage1Module(SegmentationModule):
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         logits, aux_loss = stage1_logits(self.stage1, image, target, self.aux_weight)
         return {"stage1": logits}, aux_loss
-
-    def loss(
-        self,
-        logits: dict[str, torch.Tensor],
-        target: torch.Tensor,
-        instance_weight: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        return self.output_loss(logits["stage1"], target, instance_weight)

@@ -66,6 +66,35 @@ def test_the_validation_images_follow_the_split_seed(consep_root, consep):
     assert source_images(other.split("val").names) != val
 
 
+def test_a_stratified_draw_takes_one_group_from_each_stratum():
+    from nucleiseg.data.splits import stratified_draw
+
+    values = {f"image_{i}": float(i) for i in range(10)}  # strata {0, 1}, {2, 3}, ... {8, 9}
+    for seed in range(6):
+        drawn = sorted(int(name.split("_")[1]) // 2 for name in stratified_draw(values, 5, seed))
+        assert drawn == [0, 1, 2, 3, 4]
+    assert stratified_draw(values, 5, 3) == stratified_draw(values, 5, 3)
+    assert len({frozenset(stratified_draw(values, 5, seed)) for seed in range(6)}) > 1
+    with pytest.raises(DatasetError, match="cannot draw 11 of 10"):
+        stratified_draw(values, 11, 0)
+
+
+def test_the_validation_images_span_the_training_images_nuclei_per_tile(consep_root, consep):
+    train_images = sorted(source_images(consep.split("train").names))
+    val_images = sorted(source_images(consep.split("val").names))
+    density = consep.nuclei_per_tile(train_images + val_images)
+    val_mean = np.mean([density[g] for g in val_images])
+    train_mean = np.mean([density[g] for g in train_images])
+    assert abs(val_mean - train_mean) < 0.25 * train_mean  # 40.5 against 42.5
+    # the random draw of earlier sessions (val_stratify: null) is still the same images
+    random = CoNSePDataset(str(consep_root), val_stratify=None, cache=False)
+    drawn = sorted(source_images(n for n, s in random.assignment().items() if s == "val"))
+    assert drawn == ["train_11", "train_12", "train_20", "train_27", "train_5"]
+    assert np.mean([density[g] for g in drawn]) < 0.35 * train_mean  # 12.7: the sparse tail
+    with pytest.raises(DatasetError, match="dataset.val_stratify='density' is not known"):
+        CoNSePDataset(str(consep_root), val_stratify="density")
+
+
 def test_dataset_consep_config_builds_the_datamodule_at_native_resolution(consep_root, tmp_path):
     cfg = compose_config(["dataset=consep", f"dataset.root={consep_root}"], tmp_path)
     assert cfg.dataset.mpp == cfg.model.mpp == 0.25

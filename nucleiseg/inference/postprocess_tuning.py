@@ -14,9 +14,11 @@ it. It is written, with the table of every candidate, to ``postprocess_tuning.js
 run dir, and into a copy of the checkpoint (``<name>.tuned.ckpt`` beside it, written
 atomically; the original is never changed), so ``predict`` and ``evaluate`` use the values
 the model was tuned with.
-With ``held_out=true`` it also reports, per objective, how its choice carries to images it
-was not chosen on (chosen on one half of the validation images, scored on the other, both
-ways): a way to pick the objective on the validation split alone.
+For a mix (several sources), the chosen settings are also scored on each source's
+validation images apart (``chosen_by_source``). With ``held_out=true`` it also reports, per
+objective, how its choice carries to images it was not chosen on (chosen on one half of the
+validation images, scored on the other, both ways): a way to pick the objective on the
+validation split alone.
 """
 
 from __future__ import annotations
@@ -252,6 +254,27 @@ def tune(
 HELD_OUT_FIGURES = ("aji", "pq", "det_f1", "relative_abs_count_error", "count_error")
 
 
+def chosen_by_source(
+    settings: dict[str, Any],
+    probs: list,
+    truths: list,
+    parts: list[int],
+    names: list[str],
+    factor: float = 1.0,
+    channels: tuple[str, ...] = ("nucleus",),
+) -> dict[str, dict[str, float]]:
+    """The chosen ``settings``' figures on each source's validation images apart (``parts``:
+    each map's source index into ``names``): a mix chooses on them pooled, and one source's
+    count can hide another's."""
+    found = {}
+    for index, name in enumerate(names):
+        mine = [i for i, part in enumerate(parts) if part == index]
+        if mine:
+            found[name] = score(settings, [probs[i] for i in mine], [truths[i] for i in mine],
+                                factor, channels)  # fmt: skip
+    return found
+
+
 def held_out(table: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per objective: the figures of the candidate it chooses on one fold, scored on the
     other (both ways, averaged): which objective's choice carries to unseen images."""
@@ -321,6 +344,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                  "other: AJI %.3f, PQ %.3f, detection F1 %.3f, abs. count error %.1f %%",
                  name, figures["aji"], figures["pq"], figures["det_f1"],
                  100 * figures["relative_abs_count_error"])  # fmt: skip
+    names = list(getattr(datamodule, "source_weights", None) or {})
+    if len(names) > 1:
+        result["chosen_by_source"] = chosen_by_source(
+            result["chosen"], probs, truths, parts, names,
+            module.input_pixels_per_model_pixel, module.channels,
+        )  # fmt: skip
+        for name, figures in result["chosen_by_source"].items():
+            log.info("chosen settings on %s's validation images: AJI %.3f, PQ %.3f, detection "
+                     "F1 %.3f, count %+.1f %% of the true count", name, figures["aji"],
+                     figures["pq"], figures["det_f1"],
+                     100 * figures["count_error"] / max(figures["true_count"], 1e-9))  # fmt: skip
     result["checkpoint"] = str(checkpoint)
     result["input_mpp"], result["model_mpp"], result["tta"] = input_mpp, module.mpp, module.tta
     target = Path(cfg.tuned_ckpt) if cfg.get("tuned_ckpt") else None

@@ -108,6 +108,41 @@ def test_results_have_a_test_row_per_source_that_evaluate_reproduces(mix_run, tm
     )
 
 
+def test_tuning_a_mix_scores_its_choice_on_each_source_apart(mix_run, tmp_path):
+    from nucleiseg.inference.postprocess_tuning import run
+
+    from conftest import TINY_GRID
+
+    run_dir, _ = mix_run
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    cfg = compose_config([*MIX, f"+ckpt={ckpt}", f"+tuned_ckpt={tmp_path / 'tuned.ckpt'}",
+                          *(f"+{g}" for g in TINY_GRID)], tmp_path / "tuning")  # fmt: skip
+    result = run(cfg)
+    by_source = result["chosen_by_source"]
+    assert set(by_source) == {"a", "b"}
+    # the sources' images make the pooled figures: their true nuclei add up
+    pooled = result["chosen_scores"]
+    sizes = {"a": 4, "b": 4}  # validation images of each toy source
+    total = sum(sizes[n] * by_source[n]["true_count"] for n in sizes)
+    assert total == pytest.approx(sum(sizes.values()) * pooled["true_count"], rel=1e-5)
+    stored = json.loads((tmp_path / "tuning" / "postprocess_tuning.json").read_text())
+    assert set(stored["chosen_by_source"]) == {"a", "b"}
+
+
+def test_a_source_the_choice_fails_shows_in_its_own_figures():
+    from nucleiseg.inference.postprocess_tuning import chosen_by_source
+
+    truth = np.zeros((64, 64), dtype=np.int32)
+    truth[8:20, 8:20], truth[30:44, 30:44] = 1, 2
+    found = (truth > 0).astype(np.float32)  # source 0: every nucleus; source 1: none
+    settings = {"threshold": 0.5, "min_size": 10, "markers": "peaks", "min_distance": 4}
+    figures = chosen_by_source(settings, [found, np.zeros_like(found)], [truth, truth],
+                               [0, 1], ["kept", "missed"])  # fmt: skip
+    assert figures["kept"]["det_f1"] == pytest.approx(1.0)
+    assert figures["kept"]["count_error"] == 0
+    assert figures["missed"]["det_f1"] == 0.0 and figures["missed"]["count_error"] == -2
+
+
 def generalist_datamodule(tmp_path):
     """experiment=generalist_cpu's mix on the shared TNBC and CoNSeP copies."""
     data = shared_dataset("consep").parent

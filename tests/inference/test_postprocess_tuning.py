@@ -239,6 +239,7 @@ def test_a_recipe_sets_its_tuning_objective_and_the_command_line_wins():
     assert objective() == "count"
     assert objective("experiment=generalist_cpu") == "aji"  # chosen on held-out validation
     assert objective("experiment=generalist_cpu", "objective=pq") == "pq"
+    assert objective("experiment=consep_cpu") == "aji"
 
 
 @pytest.mark.parametrize("output_kind", ["contour", "hover"])

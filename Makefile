@@ -90,7 +90,7 @@ generalist-ensemble:  ## the generalist once per seed (SEEDS=0,1,2: runs <GENERA
 	  if [ -f $$run/eval_consep/results.json ]; then echo "$$run: trained and scored, kept"; \
 	  else $(MAKE) generalist GENERALIST_RUN=$$run ARGS="seed=$$seed $(ARGS)" || exit 1; fi; \
 	done
-	$(PYTHON) -m nucleiseg.ensemble members=[$(subst $(eval) ,$(comma),$(strip $(foreach run,$(GENERALIST_SEED_RUNS),$(run)/checkpoints/finetune/best.ckpt)))] output=$(GENERALIST_ENSEMBLE)/ensemble.ckpt overwrite=true
+	$(PYTHON) -m nucleiseg.ensemble "members=[$(subst $(eval) ,$(comma),$(strip $(foreach run,$(GENERALIST_SEED_RUNS),$(run)/checkpoints/finetune/best.ckpt)))]" output=$(GENERALIST_ENSEMBLE)/ensemble.ckpt overwrite=true
 	$(PYTHON) -m nucleiseg.tune_postprocess experiment=generalist_cpu paths.data_dir=$(DATA) ckpt=$(GENERALIST_ENSEMBLE)/ensemble.ckpt paths.output_dir=$(GENERALIST_ENSEMBLE)/tuning $(TUNE_ARGS)
 	$(PYTHON) -m nucleiseg.evaluate dataset=tnbc dataset.root=$(TNBC_ROOT) ckpt=$(GENERALIST_ENSEMBLE)/ensemble.tuned.ckpt paths.output_dir=$(GENERALIST_ENSEMBLE)/eval_tnbc trainer.precision=32-true
 	$(PYTHON) -m nucleiseg.evaluate dataset=consep dataset.root=$(CONSEP_ROOT) ckpt=$(GENERALIST_ENSEMBLE)/ensemble.tuned.ckpt paths.output_dir=$(GENERALIST_ENSEMBLE)/eval_consep trainer.precision=32-true

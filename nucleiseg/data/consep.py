@@ -19,9 +19,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from nucleiseg.data.io import DatasetError
+from nucleiseg.data.io import DatasetError, read_array
 from nucleiseg.data.paired_files import Pair, PairedFilesSource
 from nucleiseg.data.splits import apply_split_file, read_split_file, stratified_draw
 
@@ -140,6 +139,6 @@ class CoNSePDataset(PairedFilesSource):
         counts: dict[str, list[int]] = {group: [] for group in groups}
         for pair in self.pairs:
             if pair.group in counts:
-                ids = np.unique(np.asarray(Image.open(pair.mask)))
+                ids = np.unique(read_array(pair.mask))
                 counts[pair.group].append(int((ids != 0).sum()))
         return {group: float(np.mean(found)) for group, found in counts.items()}

@@ -16,7 +16,12 @@ from typing import Any
 import torch
 
 from nucleiseg.files.atomic import write_atomic
-from nucleiseg.training.checkpoints import CheckpointError, read_checkpoint, stored_model_config
+from nucleiseg.training.checkpoints import (
+    CheckpointError,
+    holds_enhancer,
+    read_checkpoint,
+    stored_model_config,
+)
 
 #: the key of a checkpoint's stored config that makes it an ensemble
 ENSEMBLE_KEY = "ensemble"
@@ -26,13 +31,11 @@ def member_prefix(index: int) -> str:
     return f"members.{index}."
 
 
-def _kind(path: Path, state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def _kind(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """What members must share, read from one member's checkpoint."""
     model = config.get("model") or {}
     return {
-        "output": "two-stage"
-        if any(k.startswith("enhancer.") for k in state["state_dict"])
-        else "stage-1",
+        "output": "two-stage" if holds_enhancer(state["state_dict"]) else "stage-1",
         "channels": list(model.get("channels") or ["nucleus"]),
         "pixel size (model.mpp)": model.get("mpp"),
         "stain normalisation": config.get("stain_normalization") or None,
@@ -74,7 +77,7 @@ def ensemble_checkpoint(members: Sequence[str | Path]) -> dict[str, Any]:
             )
         states.append(state)
         configs.append(config)
-        kinds.append((path, _kind(path, state, config)))
+        kinds.append((path, _kind(state, config)))
     _check_same_kind(kinds)
     weights = {
         member_prefix(i) + key: value

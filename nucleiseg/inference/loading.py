@@ -12,7 +12,12 @@ from nucleiseg.inference.ensembling import ENSEMBLE_KEY, member_prefix
 from nucleiseg.lightning.base import SegmentationModule
 from nucleiseg.lightning.ensemble import EnsembleModule
 from nucleiseg.training.builders import build_modules
-from nucleiseg.training.checkpoints import CheckpointError, read_checkpoint, stored_model_config
+from nucleiseg.training.checkpoints import (
+    CheckpointError,
+    holds_enhancer,
+    read_checkpoint,
+    stored_model_config,
+)
 
 __all__ = [
     "CheckpointError", "apply_input_mpp", "load_model", "native_grid_datamodule", "resolve_tta",
@@ -51,7 +56,7 @@ def _trained_module(
     """The module one trained model's stored config builds, its weights loaded (``where``
     names the model in errors)."""
     modules = build_modules(OmegaConf.create(config))
-    two_stage = any(k.startswith("enhancer.") for k in weights)
+    two_stage = holds_enhancer(weights)
     module = modules["two_stage" if two_stage else "stage1"]
     try:
         module.load_state_dict(weights, strict=True)

@@ -265,14 +265,9 @@ def chosen_by_source(
 ) -> dict[str, dict[str, float]]:
     """The chosen ``settings``' figures on each source's validation images apart (``parts``:
     each map's source index into ``names``): a mix chooses on them pooled, and one source's
-    count can hide another's."""
-    found = {}
-    for index, name in enumerate(names):
-        mine = [i for i, part in enumerate(parts) if part == index]
-        if mine:
-            found[name] = score(settings, [probs[i] for i in mine], [truths[i] for i in mine],
-                                factor, channels)  # fmt: skip
-    return found
+    count can hide another's. The sources are :func:`score`'s groups (as folds are)."""
+    by_part = score(settings, probs, truths, factor, channels, folds=parts)["folds"]
+    return {names[part]: figures for part, figures in zip(sorted(set(parts)), by_part, strict=True)}
 
 
 def held_out(table: list[dict[str, Any]]) -> dict[str, dict[str, float]]:

@@ -39,6 +39,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def holds_enhancer(weights: dict[str, Any]) -> bool:
+    """Whether a checkpoint's weights include the enhancer: a two-stage model, not stage 1."""
+    return any(key.startswith("enhancer.") for key in weights)
+
+
 def load_weights(module: nn.Module, checkpoint: str | Path) -> dict[str, Any]:
     """Load a checkpoint's weights into ``module``; parts absent from it keep their weights.
     Returns the checkpoint read (its ``epoch`` and the rest), so nobody reads it twice."""

@@ -5,6 +5,8 @@ to choose between models; ``whole_dataset=true``: every image) at the images' ow
 grid (``input_mpp``, default the dataset's ``mpp``: they are resampled to the model's and
 its outputs back) and writes ``results.json`` with the same ``test`` block as a training
 run: pixel metrics, nucleus-level metrics and, for a two-stage model, stage 1 beside it.
+``restain_like=<slide or image>`` scores the images re-stained as that unlabelled slide
+(:mod:`nucleiseg.data.restaining`): how the model would fare on another lab's stain.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from nucleiseg.data.mix import is_mix
+    from nucleiseg.data.restaining import restain_datamodule
     from nucleiseg.data.whole import SplitAsTest, WholeDataset
     from nucleiseg.files.atomic import write_json_atomic
     from nucleiseg.inference.loading import (
@@ -43,6 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module.tta = resolve_tta(module, cfg.get("tta"))
     input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
     datamodule = native_grid_datamodule(cfg.dataset, module)
+    restained = restain_datamodule(datamodule, module.stain_normalizer, cfg.get("restain_like"))
     if split == "all":
         datamodule.source = WholeDataset(datamodule.source)
     elif split != "test":
@@ -58,6 +62,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "input_mpp": input_mpp,
         "model_mpp": module.mpp,
         "tta": module.tta,
+        "restained_like": restained,
         "status": "finished",
         "test": module.split_results("test"),
     }

@@ -66,3 +66,24 @@ def test_robust_scale_jitter_moves_masks_with_their_images():
     for split in ("val", "test"):
         a, b = robust.dataset(split)[0], plain.dataset(split)[0]
         assert np.array_equal(a["instances"].numpy(), b["instances"].numpy())
+
+
+def test_robust_appearance_preset_keeps_every_lever_but_scale():
+    cfg = compose_config(smoke_overrides("+augmentation=robust_appearance"))
+    levers = cfg.robustness
+    assert levers.scale == 0 and min(levers.stain, levers.colour, levers.blur) > 0
+    assert min(levers.noise, levers.jpeg) > 0
+    robust, plain = robust_datasets("robustness.scale=0")
+    appearance = instantiate(cfg.dataset.datamodule)
+    appearance.setup("fit")
+    changed = 0
+    for i in range(8):
+        a, b, c = (
+            appearance.dataset("train")[i],
+            plain.dataset("train")[i],
+            robust.dataset("train")[i],
+        )
+        assert np.array_equal(a["instances"].numpy(), b["instances"].numpy())  # no zoom
+        assert np.array_equal(a["image"].numpy(), c["image"].numpy())  # robust, scale off
+        changed += not np.allclose(a["image"].numpy(), b["image"].numpy(), atol=2 / 255)
+    assert changed >= 2

@@ -5,8 +5,7 @@ to choose between models; ``whole_dataset=true``: every image) at the images' ow
 grid (``input_mpp``, default the dataset's ``mpp``: they are resampled to the model's and
 its outputs back) and writes ``results.json`` with the same ``test`` block as a training
 run: pixel metrics, nucleus-level metrics and, for a two-stage model, stage 1 beside it.
-``restain_like=<slide or image>`` scores the images re-stained as that unlabelled slide
-(:mod:`nucleiseg.data.restaining`): how the model would fare on another lab's stain.
+``restain_like=<slide or image>``: re-stained as another lab's (:mod:`nucleiseg.wsi.restaining`).
 """
 
 from __future__ import annotations
@@ -22,15 +21,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from nucleiseg.data.mix import is_mix
-    from nucleiseg.data.restaining import restain_datamodule
     from nucleiseg.data.whole import SplitAsTest, WholeDataset
     from nucleiseg.files.atomic import write_json_atomic
-    from nucleiseg.inference.loading import (
-        apply_input_mpp,
-        load_model,
-        native_grid_datamodule,
-        resolve_tta,
-    )  # fmt: skip
+    from nucleiseg.inference import loading
+    from nucleiseg.wsi.restaining import restain_datamodule
 
     run_dir = Path(cfg.paths.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -41,11 +35,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "run python -m nucleiseg.generalization for every source at once"
         )
     split = "all" if cfg.whole_dataset else str(cfg.get("split") or "test")
-    module, output = load_model(cfg.ckpt)
+    module, output = loading.load_model(cfg.ckpt)
     module.phase = "evaluate"
-    module.tta = resolve_tta(module, cfg.get("tta"))
-    input_mpp = apply_input_mpp(module, cfg.get("input_mpp"))
-    datamodule = native_grid_datamodule(cfg.dataset, module)
+    module.tta = loading.resolve_tta(module, cfg.get("tta"))
+    input_mpp = loading.apply_input_mpp(module, cfg.get("input_mpp"))
+    datamodule = loading.native_grid_datamodule(cfg.dataset, module)
     restained = restain_datamodule(datamodule, module.stain_normalizer, cfg.get("restain_like"))
     if split == "all":
         datamodule.source = WholeDataset(datamodule.source)

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from nucleiseg.data.io import DatasetError, read_rgb_image
-from nucleiseg.data.restaining import (
+from nucleiseg.data.stain_normalization import MacenkoNormalizer
+from nucleiseg.wsi.restaining import (
     Chained,
     densest_window,
     restain_datamodule,
@@ -15,7 +16,6 @@ from nucleiseg.data.restaining import (
     slide_reference,
     stained_fraction,
 )
-from nucleiseg.data.stain_normalization import MacenkoNormalizer
 
 from conftest import compose_config, shared_dataset, smoke_overrides
 

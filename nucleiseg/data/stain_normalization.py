@@ -54,10 +54,16 @@ def _as_chw_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
+def stained_fraction(image: np.ndarray, Io: float = 240.0, beta: float = 0.15) -> np.ndarray:
+    """Per pixel (H, W): whether its optical density passes ``beta`` in every channel
+    (Macenko's tissue)."""
+    od = -np.log((image[..., :3].astype(np.float64) + 1) / Io)
+    return np.all(od >= beta, axis=-1)
+
+
 def tissue_pixels(image: np.ndarray, Io: float, beta: float) -> int:
-    """Pixels whose optical density passes ``beta`` in every channel (Macenko's tissue)."""
-    od = -np.log((image.reshape(-1, 3).astype(np.float64) + 1) / Io)
-    return int(np.all(od >= beta, axis=1).sum())
+    """How many pixels :func:`stained_fraction` calls tissue."""
+    return int(stained_fraction(image, Io, beta).sum())
 
 
 @dataclass(frozen=True)

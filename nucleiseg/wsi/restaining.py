@@ -20,19 +20,12 @@ from typing import Any
 import numpy as np
 
 from nucleiseg.data.io import DatasetError, read_rgb_image
-from nucleiseg.data.stain_normalization import MacenkoNormalizer, tissue_pixels
+from nucleiseg.data.stain_normalization import MacenkoNormalizer, stained_fraction
 
 #: side (level-0 pixels) of the tissue window of a slide the stains are fitted to
 REFERENCE_SIDE = 1024
 #: longest side of the slide overview the densest window is looked for in
 OVERVIEW_SIDE = 2048
-
-
-def stained_fraction(image: np.ndarray, Io: float = 240.0, beta: float = 0.15) -> np.ndarray:
-    """Per pixel: whether its optical density passes ``beta`` in every channel (Macenko's
-    tissue, as :func:`nucleiseg.data.stain_normalization.tissue_pixels` counts it)."""
-    od = -np.log((image[..., :3].astype(np.float64) + 1) / Io)
-    return np.all(od >= beta, axis=-1)
 
 
 def densest_window(overview: np.ndarray, side: int) -> tuple[int, int]:
@@ -88,14 +81,10 @@ def reference_image(path: str | Path) -> np.ndarray:
 def restainer(path: str | Path) -> MacenkoNormalizer:
     """Macenko stain transfer onto the stains of the image or slide at ``path``."""
     image = reference_image(path)
-    found = tissue_pixels(image, 240.0, 0.15)
-    try:
+    try:  # the fit's own error counts the stained pixels of the region read
         return MacenkoNormalizer.fit(image)
     except ValueError as err:
-        raise DatasetError(
-            f"restain_like '{path}': cannot fit its stains ({found} stained pixels in the "
-            f"region read): {err}"
-        ) from err
+        raise DatasetError(f"restain_like '{path}': cannot fit its stains: {err}") from err
 
 
 @dataclass(frozen=True)

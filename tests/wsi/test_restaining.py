@@ -7,14 +7,13 @@ import pytest
 from PIL import Image
 
 from nucleiseg.data.io import DatasetError, read_rgb_image
-from nucleiseg.data.stain_normalization import MacenkoNormalizer
+from nucleiseg.data.stain_normalization import MacenkoNormalizer, stained_fraction
 from nucleiseg.wsi.restaining import (
     Chained,
     densest_window,
     restain_datamodule,
     restainer,
     slide_reference,
-    stained_fraction,
 )
 
 from conftest import compose_config, shared_dataset, smoke_overrides

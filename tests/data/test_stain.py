@@ -87,3 +87,22 @@ def test_robust_appearance_preset_keeps_every_lever_but_scale():
         assert np.array_equal(a["image"].numpy(), c["image"].numpy())  # robust, scale off
         changed += not np.allclose(a["image"].numpy(), b["image"].numpy(), atol=2 / 255)
     assert changed >= 2
+
+
+def test_robust_gray_lever_greys_training_images_only():
+    only_gray = ["robustness.gray=1", "robustness.stain=0", "robustness.colour=0",
+                 "robustness.scale=0", "robustness.blur=0", "robustness.noise=0",
+                 "robustness.jpeg=0"]  # fmt: skip
+    robust, plain = robust_datasets(*only_gray)
+    for i in range(4):
+        a, b = robust.dataset("train")[i], plain.dataset("train")[i]
+        image = a["image"].numpy()
+        assert np.allclose(image[0], image[1], atol=1 / 255)  # grey: R = G = B
+        assert np.allclose(image[1], image[2], atol=1 / 255)
+        assert not np.allclose(b["image"].numpy()[0], b["image"].numpy()[2], atol=0.05)
+        assert np.array_equal(a["instances"].numpy(), b["instances"].numpy())
+    off = compose_config(smoke_overrides("+augmentation=robust_appearance")).robustness.gray
+    assert off == 0  # the presets keep colour unless asked
+    for split in ("val", "test"):
+        a, b = robust.dataset(split)[0], plain.dataset(split)[0]
+        assert np.array_equal(a["image"].numpy(), b["image"].numpy())

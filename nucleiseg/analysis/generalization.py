@@ -13,6 +13,9 @@ output decides whether it is done: a second call trains, tunes and scores only w
 missing (an unfinished training resumes, ``resume=auto``), as ``make study`` does.
 ``split=val`` scores the validation splits of the test sets instead: the
 leave-one-source-out comparison that chooses a recipe without touching a test split.
+``restain_like={name: slide or image}`` adds, for every test set, a column of the same images
+re-stained as that unlabelled slide of another lab (``evaluate restain_like``): how far each
+model carries to a stain no source has.
 """
 
 from __future__ import annotations
@@ -70,9 +73,24 @@ def eval_dir(out: Path, row: str, split: str, model: str, column: str) -> Path:
     return out / "runs" / row / "eval" / split / model / column
 
 
+def restain_targets(cfg: DictConfig) -> dict[str, Path]:
+    """``restain_like``'s name -> slide or image, each checked to exist."""
+    targets = {}
+    for name, path in (cfg.get("restain_like") or {}).items():
+        path = Path(str(path)).expanduser()
+        if not path.is_file():
+            raise ValueError(
+                f"generalization: restain_like.{name} '{path}' does not exist; give an "
+                "unlabelled slide or image of the lab whose stain to score under"
+            )
+        targets[str(name)] = path.resolve()
+    return targets
+
+
 def test_sets(cfg: DictConfig) -> dict[str, list[str]]:
     """Column name -> the overrides that select its images (``extra_test`` folders are
-    scored whole: every image is a test image)."""
+    scored whole: every image is a test image); then each of them re-stained as each
+    ``restain_like`` target (``<column>_like_<name>``)."""
     columns = {str(k): [str(o) for o in v] for k, v in (cfg.test or {}).items()}
     for folder in cfg.get("extra_test") or []:
         name = Path(str(folder)).name
@@ -81,7 +99,12 @@ def test_sets(cfg: DictConfig) -> dict[str, list[str]]:
         columns[name] = ["dataset=folder", f"dataset.root={folder}", "whole_dataset=true"]
         if cfg.get("extra_test_mpp") is not None:
             columns[name].append(f"dataset.mpp={cfg.extra_test_mpp}")
-    return columns
+    restained = {
+        f"{column}_like_{name}": [*selection, f"restain_like={path}"]
+        for name, path in restain_targets(cfg).items()
+        for column, selection in columns.items()
+    }
+    return {**columns, **restained}
 
 
 def plan(cfg: DictConfig) -> list[Step]:
@@ -221,6 +244,8 @@ def write_markdown(cfg: DictConfig, rows: list[dict[str, Any]], path: Path) -> N
         " (folders of `extra_test`: every image). Post-processing tuned on each training"
         " run's own validation split. Written by `python -m nucleiseg.generalization`.",
     ]
+    for name, target in restain_targets(cfg).items():
+        lines += ["", f"`*_like_{name}`: the same images re-stained as `{target}`."]
     for model in cfg.models:
         for column in COLUMNS:
             lines += ["", f"## {model}: {HEADINGS[column]}", "",

@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -56,6 +57,33 @@ def test_the_plan_tunes_each_model_on_its_own_rows_data_before_scoring_it(tmp_pa
         plan(matrix_config(tmp_path, split="train"))
 
 
+def test_restain_like_adds_a_restained_column_per_test_set_and_refuses_a_missing_slide(tmp_path):
+    slide = tmp_path / "lab_y.png"
+    slide.write_bytes(b"")  # only its existence is checked here
+    steps = plan(matrix_config(tmp_path, restain_like={"y": str(slide)}))
+    assert len(steps) == 3 * (1 + 2 * (1 + 4))  # a, b, a_like_y, b_like_y
+    scored = next(s for s in steps if s.name == "mix: stage1 on b_like_y")
+    plain = next(s for s in steps if s.name == "mix: stage1 on b")
+    assert f"restain_like={slide.resolve()}" in scored.args
+    assert set(plain.args) - set(scored.args) == {a for a in plain.args if "output_dir" in a
+                                                  or "run.dir" in a}  # fmt: skip
+    assert not any(a.startswith("restain_like") for a in plain.args)
+    with pytest.raises(ValueError, match=r"restain_like.z '.*nowhere.svs' does not exist"):
+        plan(matrix_config(tmp_path, restain_like={"z": str(tmp_path / "nowhere.svs")}))
+
+
+def test_the_documented_restain_like_parses_as_a_command_line_gives_it():
+    import re
+
+    from hydra import compose, initialize_config_dir
+
+    comment = (CONF_DIR / "generalization.yaml").read_text()
+    example = re.search(r"'(restain_like=\{.*\})'", comment).group(1)
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("generalization", overrides=[example])
+    assert dict(cfg.restain_like) == {"my_lab": "/data/my_lab/slide_01.svs"}
+
+
 @pytest.mark.slow
 def test_the_matrix_on_two_toy_sources_writes_every_cell_and_resumes_without_retraining(
     tmp_path, mix_run
@@ -94,6 +122,35 @@ def test_the_matrix_on_two_toy_sources_writes_every_cell_and_resumes_without_ret
     assert {
         p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("*") if p.is_file()
     } == stamps
+
+
+@pytest.mark.slow
+def test_a_restained_column_scores_the_images_in_the_other_labs_stains(tmp_path, mix_run):
+    from PIL import Image
+
+    from nucleiseg.data.stain_normalization import MacenkoNormalizer
+    from nucleiseg.data.synthetic import generate_tile
+
+    run_dir, _ = mix_run
+    shutil.copytree(run_dir, tmp_path / "runs" / "mix")
+    image, _ = generate_tile(np.random.default_rng(3), 128, 1.0)
+    lab = tmp_path / "lab_y.png"
+    Image.fromarray(np.ascontiguousarray(image[..., ::-1])).save(lab)  # another lab's hues
+    cfg = matrix_config(tmp_path, models=["two_stage"], tune=TINY_GRID,
+                        train={"mix": []}, test={"b": ["experiment=smoke", *SOURCE_B]},
+                        restain_like={"y": str(lab)})  # fmt: skip
+    assert generalization_call(cfg) == 0
+    with (tmp_path / "matrix.csv").open() as f:
+        rows = {r["test"]: r for r in csv.DictReader(f)}
+    assert set(rows) == {"b", "b_like_y"} and all(rows[c]["dice"] for c in rows)
+    scored = tmp_path / "runs" / "mix" / "eval" / "test" / "two_stage"
+    record = json.loads((scored / "b_like_y" / "results.json").read_text())
+    assert record["restained_like"]["path"] == str(lab.resolve())
+    assert json.loads((scored / "b" / "results.json").read_text())["restained_like"] is None
+    assert float(rows["b_like_y"]["dice"]) == pytest.approx(record["test"]["two_stage"]["dice"])
+    fitted = MacenkoNormalizer.fit(image[..., ::-1].copy())  # the lab's stains, as scored
+    assert np.allclose(record["restained_like"]["stain_matrix"], fitted.stain_matrix, atol=1e-4)
+    assert "`*_like_y`: the same images re-stained as" in (tmp_path / "matrix.md").read_text()
 
 
 def test_the_documented_smaller_tuning_grid_parses_as_a_command_line_gives_it():

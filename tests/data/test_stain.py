@@ -106,3 +106,13 @@ def test_robust_gray_lever_greys_training_images_only():
     for split in ("val", "test"):
         a, b = robust.dataset(split)[0], plain.dataset(split)[0]
         assert np.array_equal(a["image"].numpy(), b["image"].numpy())
+
+
+def test_the_generalist_trains_with_the_appearance_levers_and_grey_images():
+    cfg = compose_config(["experiment=generalist_cpu", "paths.data_dir=/my/data"])
+    levers = cfg.robustness
+    assert levers.scale == 0 and levers.gray == 0.2
+    assert min(levers.stain, levers.colour, levers.blur, levers.noise, levers.jpeg) > 0
+    transforms = cfg.dataset.datamodule.stain_transform.transforms
+    names = [t._target_.rsplit(".", 1)[1] for t in transforms]
+    assert {"HEStain", "HueSaturationValue", "ToGray", "ImageCompression"} <= set(names)

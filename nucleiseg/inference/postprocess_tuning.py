@@ -3,7 +3,8 @@
 
 Every combination of threshold, watershed markers (distance-transform peaks ``min_distance``
 apart, or h-maxima of depth ``h``; for instance-aware models the level ``marker_threshold``
-of their marker map and the smallest marker kept, ``marker_min_size``), minimum size, and
+of their marker map, the smallest marker kept, ``marker_min_size``, and the border strength
+under which neighbours are merged, ``merge_below``), minimum size, and
 minimum size of the fragments at the image's edge (``border_min_size``) in ``grid`` is
 scored on the validation images (never the test split); the chosen one has (``objective``)
 the smallest absolute nucleus-count error relative to the true count, ties broken by AJI,
@@ -62,9 +63,11 @@ def candidates(
             marker_sizes = grid.get("marker_min_size") or [
                 base.get("marker_min_size", InstanceSettings.marker_min_size)
             ]
+            # a grid without merge_below keeps the base's (null: never merge)
+            merges = grid.get("merge_below") or [base.get("merge_below")]
             found += [{**common, "marker_threshold": m, "hover_kernel_size": k,
-                       "marker_min_size": size}
-                      for k in kernels for size in marker_sizes
+                       "marker_min_size": size, "merge_below": merge}
+                      for k in kernels for size in marker_sizes for merge in merges
                       for m in grid["marker_threshold"]]  # fmt: skip
             continue
         found += [{**common, "markers": "peaks", "min_distance": d} for d in grid["min_distance"]]
@@ -125,24 +128,24 @@ def score_marker_levels(
     folds: list[int] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`score` of each settings in ``group``, settings that differ in their marker knobs
-    (``marker_threshold``, ``marker_min_size``) alone: each image's mask and marker map are
-    made once for all of them
+    (``MARKER_KNOBS``) alone: each image's mask and marker map are made once for all of them
     (:func:`~nucleiseg.postprocessing.watershed.instances_at_marker_levels`)."""
     from nucleiseg.metrics.objects import NucleusMetrics
     from nucleiseg.postprocessing.watershed import InstanceSettings, instances_at_marker_levels
 
     if len(marker_level_groups(group)) != 1:
         raise ValueError(
-            "score_marker_levels takes settings that differ in marker_threshold and "
-            "marker_min_size alone: group them with marker_level_groups"
+            f"score_marker_levels takes settings that differ in {', '.join(MARKER_KNOBS)} "
+            "alone: group them with marker_level_groups"
         )
     every = [InstanceSettings(**{**s, "channels": channels}).scaled(factor) for s in group]
     levels = [s.marker_threshold for s in every]
     marker_sizes = [s.marker_min_size for s in every]
+    merges = [s.merge_below for s in every]
     metrics = [NucleusMetrics() for _ in group]
     by_fold = [{f: NucleusMetrics() for f in sorted(set(folds))} if folds else {} for _ in group]
     for index, (prob, truth) in enumerate(zip(probs, truths, strict=True)):
-        found = instances_at_marker_levels(prob, every[0], levels, marker_sizes)
+        found = instances_at_marker_levels(prob, every[0], levels, marker_sizes, merges)
         for i, instances in enumerate(found):
             metrics[i].update(instances, truth)
             if folds:
@@ -154,8 +157,8 @@ def score_marker_levels(
     return values
 
 
-# the knobs that act on the markers alone: candidates differing in these share a mask and map
-MARKER_KNOBS = ("marker_threshold", "marker_min_size")
+# the knobs that act after the marker map: candidates differing in these share a mask and map
+MARKER_KNOBS = ("marker_threshold", "marker_min_size", "merge_below")
 
 
 def marker_level_groups(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -11,7 +11,11 @@ nuclei; their maps (C, H, W) go to :func:`instances_from_maps`: markers are the 
 regions where the marker map (nucleus x (1 - contour), the predicted distance, or nucleus x
 (1 - the HV maps' border: where their Sobel derivative jumps, MONAI's
 ``GenerateInstanceBorder``, as HoVer-Net's post-processing)) reaches ``marker_threshold``,
-grown by a watershed on that map into the thresholded nucleus map.
+grown by a watershed on that map into the thresholded nucleus map. With ``merge_below`` set,
+neighbours whose shared border the model does not draw (the mean of its separation map along
+that border, scikit-image's boundary region adjacency graph, under ``merge_below``) are one
+nucleus split by two markers, and are merged: a large nucleus whose marker map breaks into
+pieces stays whole, touching nuclei with a drawn contour between them stay apart.
 """
 
 from __future__ import annotations
@@ -44,6 +48,9 @@ class InstanceSettings:
     # post-processing drops markers under 10 px): specks of the marker map split no nucleus
     marker_min_size: int = 0
     hover_kernel_size: int = 21  # HV outputs: Sobel kernel (odd, pixels) of their border map
+    # instance-aware outputs: neighbours whose shared border has a mean separation (contour
+    # probability, HV border, 1 - distance) under this are merged (None: never)
+    merge_below: float | None = None
     # what the maps' channels are (the model's output_kind.channels; set by the module)
     channels: tuple[str, ...] = ("nucleus",)
 
@@ -52,6 +59,11 @@ class InstanceSettings:
         if self.markers not in ("peaks", "h_maxima"):
             raise ValueError(
                 f"postprocess.markers must be 'peaks' or 'h_maxima', not '{self.markers}'"
+            )
+        if self.merge_below is not None and not 0.0 < self.merge_below <= 1.0:
+            raise ValueError(
+                "postprocess.merge_below must be a separation level in (0, 1] or null (never "
+                f"merge), not {self.merge_below}"
             )
         if self.hover_kernel_size < 3 or self.hover_kernel_size % 2 == 0:
             raise ValueError(
@@ -158,17 +170,44 @@ def hover_border(
     return np.asarray(border, np.float32)[0]
 
 
-def marker_map(
+def separation_map(
     maps: np.ndarray, channels: tuple[str, ...], mask: np.ndarray, hover_kernel_size: int
 ) -> np.ndarray:
+    """0 .. 1, high where the model draws a border between nuclei: the contour probability,
+    the HV maps' border (within ``mask``, the thresholded nucleus map), or one minus the
+    predicted distance."""
+    if "distance" in channels:
+        return 1.0 - maps[channels.index("distance")]
+    if offset_indices(channels):
+        return hover_border(maps, channels, mask, hover_kernel_size)
+    return maps[channels.index("contour")]
+
+
+def marker_map(maps: np.ndarray, channels: tuple[str, ...], separation: np.ndarray) -> np.ndarray:
     """High inside nuclei, low where they meet: the predicted distance, or the nucleus
-    probability times one minus the contour probability, or times one minus the HV maps'
-    border (within ``mask``, the thresholded nucleus map)."""
+    probability times one minus the ``separation`` (:func:`separation_map`)."""
     if "distance" in channels:
         return maps[channels.index("distance")]
-    if offset_indices(channels):
-        return maps[0] * (1.0 - hover_border(maps, channels, mask, hover_kernel_size))
-    return maps[0] * (1.0 - maps[channels.index("contour")])
+    return maps[0] * (1.0 - separation)
+
+
+def merge_weak_borders(labels: np.ndarray, separation: np.ndarray, below: float) -> np.ndarray:
+    """``labels`` with neighbouring nuclei merged where the mean of ``separation`` along their
+    shared border is under ``below`` (scikit-image's ``rag_boundary`` + ``cut_threshold``);
+    background is never merged into a nucleus."""
+    from skimage.graph import cut_threshold, rag_boundary
+    from skimage.segmentation import relabel_sequential
+
+    if labels.max() < 2:
+        return labels
+    graph = rag_boundary(labels, separation.astype(np.float64))
+    if 0 in graph:
+        graph.remove_node(0)
+    if graph.number_of_edges() == 0:
+        return labels
+    merged = cut_threshold(labels, graph, below, in_place=True) + 1  # 0 .. n-1 -> 1 .. n
+    merged[labels == 0] = 0
+    return relabel_sequential(merged)[0].astype(np.int32)
 
 
 def instances_from_maps(maps: np.ndarray, settings: InstanceSettings) -> np.ndarray:
@@ -181,25 +220,33 @@ def instances_at_marker_levels(
     settings: InstanceSettings,
     levels: list[float],
     marker_sizes: list[int] | None = None,
+    merge_levels: list[float | None] | None = None,
 ) -> list[np.ndarray]:
     """:func:`instances_from_probability` at each marker level of ``levels``, each with the
-    smallest marker of ``marker_sizes`` (None: ``settings.marker_min_size``); ``settings``'
-    own marker knobs aside (post-processing tuning tries many). An instance-aware model's
-    nucleus mask and marker map, the dear part for HV maps, are made once for all levels; a
-    binary map has no markers of that kind, so its one instance map stands for every level."""
+    smallest marker of ``marker_sizes`` and the merge level of ``merge_levels`` (None:
+    ``settings.marker_min_size`` and ``settings.merge_below``); ``settings``' own marker knobs
+    aside (post-processing tuning tries many). An instance-aware model's nucleus mask and
+    marker map, the dear part for HV maps, are made once for all levels; a binary map has no
+    markers of that kind, so its one instance map stands for every level."""
     if prob.ndim != 3 or len(settings.channels) == 1:
         instances = instances_from_mask(nucleus_probability(prob) >= settings.threshold, settings)
         return [instances] * len(levels)
     sizes = marker_sizes or [settings.marker_min_size] * len(levels)
+    merges = merge_levels or [settings.merge_below] * len(levels)
     mask = cleaned_mask(prob[0] >= settings.threshold, settings)
     if not mask.any():
         return [np.zeros(mask.shape, np.int32) for _ in levels]
-    elevation = marker_map(prob, settings.channels, mask, settings.hover_kernel_size)
+    separation = separation_map(prob, settings.channels, mask, settings.hover_kernel_size)
+    elevation = marker_map(prob, settings.channels, separation)
+    grown: dict[tuple[float, int], np.ndarray] = {}  # merge levels share their watershed
     found = []
-    for level, size in zip(levels, sizes, strict=True):
-        seeds = _without_objects_under((elevation >= level) & mask, size)
-        markers, _ = ndimage.label(seeds)
-        found.append(filled_watershed(elevation, markers, mask))
+    for level, size, merge in zip(levels, sizes, merges, strict=True):
+        if (level, size) not in grown:
+            seeds = _without_objects_under((elevation >= level) & mask, size)
+            markers, _ = ndimage.label(seeds)
+            grown[level, size] = filled_watershed(elevation, markers, mask)
+        labels = grown[level, size]
+        found.append(labels if merge is None else merge_weak_borders(labels, separation, merge))
     return found
 
 

@@ -261,15 +261,16 @@ def test_marker_levels_scored_together_score_as_each_alone(output_kind):
     noise = np.random.default_rng(0).normal(0.0, 0.15, (len(channels), *truth.shape))
     maps = np.clip(instance_targets(truth, channels) + noise, 0, 1).astype(np.float32)
     grid = {"threshold": [0.4, 0.6], "min_size": [5], "marker_threshold": [0.2, 0.5, 0.8],
-            "marker_min_size": [0, 40], "hover_kernel_size": [5, 11]}  # fmt: skip
+            "marker_min_size": [0, 40], "hover_kernel_size": [5, 11],
+            "merge_below": [None, 0.5]}  # fmt: skip
     settings = candidates(grid, {"fill_holes": True}, channels)
     groups = marker_level_groups(settings)
     assert [c for g in groups for c in g] == settings
-    assert len(groups) == len(settings) // 6  # one group per threshold (and kernel)
+    assert len(groups) == len(settings) // 12  # one group per threshold (and kernel)
     together = score_marker_levels(groups[-1], [maps], [truth], channels=channels)
     alone = [score(c, [maps], [truth], channels=channels) for c in groups[-1]]
     assert together == alone
-    with pytest.raises(ValueError, match="marker_min_size alone"):
+    with pytest.raises(ValueError, match="merge_below alone"):
         score_marker_levels([groups[0][0], groups[-1][0]], [maps], [truth], channels=channels)
     assert len({r["count_error"] for r in alone}) > 1  # the levels do differ on this case
     assert {r["count_error"] for r in alone[:3]} != {r["count_error"] for r in alone[3:]}

@@ -1,16 +1,21 @@
-"""Probability -> nuclei: the minimum size, the fragments of nuclei cut by the image's edge, and
-the smallest marker of instance-aware maps."""
+"""Probability -> nuclei: the minimum size, the fragments of nuclei cut by the image's edge, the
+smallest marker of instance-aware maps, and merging neighbours the model draws no border
+between."""
 
 from __future__ import annotations
 
 import numpy as np
-from skimage.draw import disk
+import pytest
+from skimage.draw import disk, ellipse
+
+from nucleiseg.data.instance_targets import instance_targets
 
 from nucleiseg.inference.postprocess_tuning import candidates
 from nucleiseg.postprocessing.watershed import (
     InstanceSettings,
     instances_from_maps,
     instances_from_mask,
+    merge_weak_borders,
 )
 
 
@@ -106,3 +111,56 @@ def test_marker_min_size_scales_as_an_area_and_the_grid_tries_each():
     assert sorted((c["marker_min_size"], c["marker_threshold"]) for c in found) == [
         (0, 0.5), (0, 0.9), (10, 0.5), (10, 0.9)
     ]  # fmt: skip
+
+
+def split_nucleus_beside_touching_nuclei() -> tuple[np.ndarray, np.ndarray]:
+    """Contour maps (2, 96, 96) and their true instances: a long nucleus whose marker map has
+    two cores with a faint ridge between them (contour 0.2: no border drawn), and two
+    touching discs with their drawn contours (1.0 along each one's rim)."""
+    truth = np.zeros((96, 96), np.int32)
+    truth[disk((30, 30), 10)] = 1
+    truth[disk((30, 48), 10)] = 2  # touches nucleus 1
+    truth[ellipse(72, 48, 9, 30)] = 3
+    maps = instance_targets(truth, ("nucleus", "contour")).astype(np.float32)
+    long = truth == 3
+    maps[1][long] = 0.2  # the model draws no border inside the long nucleus ...
+    maps[1][disk((72, 30), 6)] = 0.0  # ... but its marker map peaks at two cores
+    maps[1][disk((72, 66), 6)] = 0.0
+    return maps, truth
+
+
+def test_neighbours_without_a_drawn_border_are_merged_into_one_nucleus():
+    maps, truth = split_nucleus_beside_touching_nuclei()
+    channels = ("nucleus", "contour")
+    split = instances_from_maps(maps, InstanceSettings(marker_threshold=0.9, channels=channels))
+    assert len(np.unique(split[truth == 3])) == 2  # two markers split the long nucleus
+    merged = instances_from_maps(
+        maps, InstanceSettings(marker_threshold=0.9, merge_below=0.5, channels=channels)
+    )
+    assert len(np.unique(merged[truth == 3])) == 1  # whole again
+    assert merged[30, 30] != merged[30, 48]  # the touching discs keep their drawn border
+    assert len(np.unique(merged)) - 1 == 3
+    assert ((merged > 0) == (split > 0)).all()  # merging moves no pixel in or out
+
+
+def test_merging_never_joins_a_nucleus_to_the_background():
+    maps, truth = split_nucleus_beside_touching_nuclei()
+    split = instances_from_maps(
+        maps, InstanceSettings(marker_threshold=0.9, channels=("nucleus", "contour"))
+    )
+    everything = merge_weak_borders(split, maps[1], 1.0 + 1e-6)  # every border is weak
+    assert ((everything > 0) == (split > 0)).all()
+    assert len(np.unique(everything)) - 1 == 2  # the touching pair and the long nucleus
+
+
+def test_merge_below_outside_zero_to_one_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match="postprocess.merge_below"):
+        InstanceSettings(merge_below=0.0)
+
+
+def test_the_tuning_grid_tries_each_merge_level_and_keeps_the_base_without_one():
+    grid = {"threshold": [0.5], "min_size": [10], "marker_threshold": [0.9]}
+    channels = ("nucleus", "contour")
+    assert {c["merge_below"] for c in candidates(grid, {"merge_below": 0.3}, channels)} == {0.3}
+    found = candidates({**grid, "merge_below": [None, 0.5]}, {}, channels)
+    assert [c["merge_below"] for c in found] == [None, 0.5]

@@ -9,7 +9,6 @@ import pytest
 from skimage.draw import disk, ellipse
 
 from nucleiseg.data.instance_targets import instance_targets
-
 from nucleiseg.inference.postprocess_tuning import candidates
 from nucleiseg.postprocessing.watershed import (
     InstanceSettings,

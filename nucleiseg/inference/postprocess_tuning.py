@@ -63,11 +63,14 @@ def candidates(
             marker_sizes = grid.get("marker_min_size") or [
                 base.get("marker_min_size", InstanceSettings.marker_min_size)
             ]
-            # a grid without merge_below keeps the base's (null: never merge)
-            merges = grid.get("merge_below") or [base.get("merge_below")]
+            # a grid without merge_below / merge_convex keeps the base's (null: never merge)
+            merges = list(itertools.product(
+                grid.get("merge_below") or [base.get("merge_below")],
+                grid.get("merge_convex") or [base.get("merge_convex")],
+            ))  # fmt: skip
             found += [{**common, "marker_threshold": m, "hover_kernel_size": k,
-                       "marker_min_size": size, "merge_below": merge}
-                      for k in kernels for size in marker_sizes for merge in merges
+                       "marker_min_size": size, "merge_below": below, "merge_convex": convex}
+                      for k in kernels for size in marker_sizes for below, convex in merges
                       for m in grid["marker_threshold"]]  # fmt: skip
             continue
         found += [{**common, "markers": "peaks", "min_distance": d} for d in grid["min_distance"]]
@@ -129,9 +132,9 @@ def score_marker_levels(
 ) -> list[dict[str, Any]]:
     """:func:`score` of each settings in ``group``, settings that differ in their marker knobs
     (``MARKER_KNOBS``) alone: each image's mask and marker map are made once for all of them
-    (:func:`~nucleiseg.postprocessing.watershed.instances_at_marker_levels`)."""
+    (:func:`~nucleiseg.postprocessing.watershed.instances_for_marker_variants`)."""
     from nucleiseg.metrics.objects import NucleusMetrics
-    from nucleiseg.postprocessing.watershed import InstanceSettings, instances_at_marker_levels
+    from nucleiseg.postprocessing.watershed import InstanceSettings, instances_for_marker_variants
 
     if len(marker_level_groups(group)) != 1:
         raise ValueError(
@@ -139,13 +142,10 @@ def score_marker_levels(
             "alone: group them with marker_level_groups"
         )
     every = [InstanceSettings(**{**s, "channels": channels}).scaled(factor) for s in group]
-    levels = [s.marker_threshold for s in every]
-    marker_sizes = [s.marker_min_size for s in every]
-    merges = [s.merge_below for s in every]
     metrics = [NucleusMetrics() for _ in group]
     by_fold = [{f: NucleusMetrics() for f in sorted(set(folds))} if folds else {} for _ in group]
     for index, (prob, truth) in enumerate(zip(probs, truths, strict=True)):
-        found = instances_at_marker_levels(prob, every[0], levels, marker_sizes, merges)
+        found = instances_for_marker_variants(prob, every)
         for i, instances in enumerate(found):
             metrics[i].update(instances, truth)
             if folds:
@@ -158,7 +158,7 @@ def score_marker_levels(
 
 
 # the knobs that act after the marker map: candidates differing in these share a mask and map
-MARKER_KNOBS = ("marker_threshold", "marker_min_size", "merge_below")
+MARKER_KNOBS = ("marker_threshold", "marker_min_size", "merge_below", "merge_convex")
 
 
 def marker_level_groups(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:

@@ -15,7 +15,10 @@ grown by a watershed on that map into the thresholded nucleus map. With ``merge_
 neighbours whose shared border the model does not draw (the mean of its separation map along
 that border, scikit-image's boundary region adjacency graph, under ``merge_below``) are one
 nucleus split by two markers, and are merged: a large nucleus whose marker map breaks into
-pieces stays whole, touching nuclei with a drawn contour between them stay apart.
+pieces stays whole, touching nuclei with a drawn contour between them stay apart. With
+``merge_convex`` set, neighbours are merged, most convex union first, while their union is
+about as convex as one nucleus (its solidity, area over convex-hull area, at least
+``merge_convex``): two halves of one nucleus make an ellipse, two touching nuclei a waist.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class InstanceSettings:
     # instance-aware outputs: neighbours whose shared border has a mean separation (contour
     # probability, HV border, 1 - distance) under this are merged (None: never)
     merge_below: float | None = None
+    # instance-aware outputs: neighbours whose union's solidity (area / convex hull area)
+    # reaches this are merged, most convex first (None: never)
+    merge_convex: float | None = None
     # what the maps' channels are (the model's output_kind.channels; set by the module)
     channels: tuple[str, ...] = ("nucleus",)
 
@@ -64,6 +70,11 @@ class InstanceSettings:
             raise ValueError(
                 "postprocess.merge_below must be a separation level in (0, 1] or null (never "
                 f"merge), not {self.merge_below}"
+            )
+        if self.merge_convex is not None and not 0.0 < self.merge_convex <= 1.0:
+            raise ValueError(
+                "postprocess.merge_convex must be a solidity in (0, 1] or null (never merge), "
+                f"not {self.merge_convex}"
             )
         if self.hover_kernel_size < 3 or self.hover_kernel_size % 2 == 0:
             raise ValueError(
@@ -191,62 +202,129 @@ def marker_map(maps: np.ndarray, channels: tuple[str, ...], separation: np.ndarr
     return maps[0] * (1.0 - separation)
 
 
-def merge_weak_borders(labels: np.ndarray, separation: np.ndarray, below: float) -> np.ndarray:
-    """``labels`` with neighbouring nuclei merged where the mean of ``separation`` along their
-    shared border is under ``below`` (scikit-image's ``rag_boundary`` + ``cut_threshold``);
-    background is never merged into a nucleus."""
-    from skimage.graph import cut_threshold, rag_boundary
-    from skimage.segmentation import relabel_sequential
+def _neighbour_graph(labels: np.ndarray, separation: np.ndarray):
+    """scikit-image's boundary region adjacency graph of the nuclei in ``labels`` (weights:
+    the mean ``separation`` along each shared border), without the background's node."""
+    from skimage.graph import rag_boundary
 
-    if labels.max() < 2:
-        return labels
     graph = rag_boundary(labels, separation.astype(np.float64))
     if 0 in graph:
         graph.remove_node(0)
-    if graph.number_of_edges() == 0:
-        return labels
-    merged = cut_threshold(labels, graph, below, in_place=True) + 1  # 0 .. n-1 -> 1 .. n
+    return graph
+
+
+def _relabelled(merged: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Int32 ids 1 .. n from scikit-image's merged component indices (0 .. n-1), the
+    background of ``labels`` kept 0."""
+    from skimage.segmentation import relabel_sequential
+
+    merged = merged + 1
     merged[labels == 0] = 0
     return relabel_sequential(merged)[0].astype(np.int32)
 
 
+def merge_weak_borders(labels: np.ndarray, separation: np.ndarray, below: float) -> np.ndarray:
+    """``labels`` with neighbouring nuclei merged where the mean of ``separation`` along their
+    shared border is under ``below`` (scikit-image's ``rag_boundary`` + ``cut_threshold``);
+    background is never merged into a nucleus."""
+    from skimage.graph import cut_threshold
+
+    if labels.max() < 2:
+        return labels
+    graph = _neighbour_graph(labels, separation)
+    if graph.number_of_edges() == 0:
+        return labels
+    return _relabelled(cut_threshold(labels, graph, below, in_place=True), labels)
+
+
+def solidity(coords: np.ndarray) -> float:
+    """Area over convex-hull area of the pixels at ``coords`` (N, 2), as scikit-image's
+    ``regionprops`` computes it."""
+    from skimage.morphology import convex_hull_image
+
+    low = coords.min(axis=0)
+    crop = np.zeros(tuple(coords.max(axis=0) - low + 1), bool)
+    crop[tuple((coords - low).T)] = True
+    return float(len(coords) / max(convex_hull_image(crop).sum(), 1))
+
+
+def merge_convex_neighbours(labels: np.ndarray, min_solidity: float) -> np.ndarray:
+    """``labels`` with neighbouring nuclei merged, most convex union first, while the union's
+    solidity is at least ``min_solidity`` (scikit-image's ``merge_hierarchical``; each merge
+    re-weighs the merged nucleus's neighbours)."""
+    from skimage.graph import merge_hierarchical
+
+    if labels.max() < 2:
+        return labels
+    graph = _neighbour_graph(labels, np.zeros(labels.shape))
+    if graph.number_of_edges() == 0:
+        return labels
+    order = np.argsort(labels, axis=None, kind="stable")
+    starts = np.searchsorted(labels.ravel()[order], np.arange(labels.max() + 2))
+    for node in graph.nodes:
+        flat = order[starts[node] : starts[node + 1]]
+        graph.nodes[node]["coords"] = np.stack(np.unravel_index(flat, labels.shape), axis=1)
+
+    def weight(graph, a, b) -> float:
+        return 1.0 - solidity(np.concatenate([graph.nodes[a]["coords"], graph.nodes[b]["coords"]]))
+
+    for a, b, data in graph.edges(data=True):
+        data["weight"] = weight(graph, a, b)
+
+    def merge_coords(graph, src, dst) -> None:
+        nodes = graph.nodes
+        nodes[dst]["coords"] = np.concatenate([nodes[src]["coords"], nodes[dst]["coords"]])
+
+    merged = merge_hierarchical(
+        labels, graph, thresh=1.0 - min_solidity + 1e-9, rag_copy=False, in_place_merge=True,
+        merge_func=merge_coords,
+        weight_func=lambda graph, src, dst, n: {"weight": weight(graph, dst, n)},
+    )  # fmt: skip
+    return _relabelled(merged, labels)
+
+
+def merged_neighbours(
+    labels: np.ndarray, separation: np.ndarray, settings: InstanceSettings
+) -> np.ndarray:
+    """``labels`` after the merges ``settings`` asks for: weak borders, then convex unions."""
+    if settings.merge_below is not None:
+        labels = merge_weak_borders(labels, separation, settings.merge_below)
+    if settings.merge_convex is not None:
+        labels = merge_convex_neighbours(labels, settings.merge_convex)
+    return labels
+
+
 def instances_from_maps(maps: np.ndarray, settings: InstanceSettings) -> np.ndarray:
     """Int32 instance map from an instance-aware model's maps (C, H, W)."""
-    return instances_at_marker_levels(maps, settings, [settings.marker_threshold])[0]
+    return instances_for_marker_variants(maps, [settings])[0]
 
 
-def instances_at_marker_levels(
-    prob: np.ndarray,
-    settings: InstanceSettings,
-    levels: list[float],
-    marker_sizes: list[int] | None = None,
-    merge_levels: list[float | None] | None = None,
+def instances_for_marker_variants(
+    prob: np.ndarray, variants: list[InstanceSettings]
 ) -> list[np.ndarray]:
-    """:func:`instances_from_probability` at each marker level of ``levels``, each with the
-    smallest marker of ``marker_sizes`` and the merge level of ``merge_levels`` (None:
-    ``settings.marker_min_size`` and ``settings.merge_below``); ``settings``' own marker knobs
-    aside (post-processing tuning tries many). An instance-aware model's nucleus mask and
-    marker map, the dear part for HV maps, are made once for all levels; a binary map has no
-    markers of that kind, so its one instance map stands for every level."""
-    if prob.ndim != 3 or len(settings.channels) == 1:
-        instances = instances_from_mask(nucleus_probability(prob) >= settings.threshold, settings)
-        return [instances] * len(levels)
-    sizes = marker_sizes or [settings.marker_min_size] * len(levels)
-    merges = merge_levels or [settings.merge_below] * len(levels)
-    mask = cleaned_mask(prob[0] >= settings.threshold, settings)
+    """:func:`instances_from_probability` for each of ``variants``, settings that differ in
+    what acts after the marker map alone (``marker_threshold``, ``marker_min_size``,
+    ``merge_below``, ``merge_convex``: post-processing tuning tries many). An instance-aware
+    model's nucleus mask and marker map, the dear part for HV maps, are made once for all of
+    them; a binary map has no markers of that kind, so its one instance map stands for all."""
+    first = variants[0]
+    if prob.ndim != 3 or len(first.channels) == 1:
+        instances = instances_from_mask(nucleus_probability(prob) >= first.threshold, first)
+        return [instances] * len(variants)
+    mask = cleaned_mask(prob[0] >= first.threshold, first)
     if not mask.any():
-        return [np.zeros(mask.shape, np.int32) for _ in levels]
-    separation = separation_map(prob, settings.channels, mask, settings.hover_kernel_size)
-    elevation = marker_map(prob, settings.channels, separation)
-    grown: dict[tuple[float, int], np.ndarray] = {}  # merge levels share their watershed
+        return [np.zeros(mask.shape, np.int32) for _ in variants]
+    separation = separation_map(prob, first.channels, mask, first.hover_kernel_size)
+    elevation = marker_map(prob, first.channels, separation)
+    grown: dict[tuple[float, int], np.ndarray] = {}  # merge variants share their watershed
     found = []
-    for level, size, merge in zip(levels, sizes, merges, strict=True):
-        if (level, size) not in grown:
-            seeds = _without_objects_under((elevation >= level) & mask, size)
+    for variant in variants:
+        key = (variant.marker_threshold, variant.marker_min_size)
+        if key not in grown:
+            seeds = _without_objects_under((elevation >= key[0]) & mask, key[1])
             markers, _ = ndimage.label(seeds)
-            grown[level, size] = filled_watershed(elevation, markers, mask)
-        labels = grown[level, size]
-        found.append(labels if merge is None else merge_weak_borders(labels, separation, merge))
+            grown[key] = filled_watershed(elevation, markers, mask)
+        found.append(merged_neighbours(grown[key], separation, variant))
     return found
 
 
@@ -255,8 +333,7 @@ def instances_from_probability(
 ) -> np.ndarray:
     """Nuclei from a model's maps: a probability (H, W), or (C, H, W) of the channels
     ``settings.channels`` names (instance-aware models)."""
-    settings = settings or InstanceSettings()
-    return instances_at_marker_levels(prob, settings, [settings.marker_threshold])[0]
+    return instances_for_marker_variants(prob, [settings or InstanceSettings()])[0]
 
 
 NUCLEUS_COLUMNS = (

@@ -270,7 +270,7 @@ def test_marker_levels_scored_together_score_as_each_alone(output_kind):
     together = score_marker_levels(groups[-1], [maps], [truth], channels=channels)
     alone = [score(c, [maps], [truth], channels=channels) for c in groups[-1]]
     assert together == alone
-    with pytest.raises(ValueError, match="merge_below alone"):
+    with pytest.raises(ValueError, match="merge_convex alone"):
         score_marker_levels([groups[0][0], groups[-1][0]], [maps], [truth], channels=channels)
     assert len({r["count_error"] for r in alone}) > 1  # the levels do differ on this case
     assert {r["count_error"] for r in alone[:3]} != {r["count_error"] for r in alone[3:]}

@@ -14,7 +14,9 @@ from nucleiseg.postprocessing.watershed import (
     InstanceSettings,
     instances_from_maps,
     instances_from_mask,
+    merge_convex_neighbours,
     merge_weak_borders,
+    solidity,
 )
 
 
@@ -161,5 +163,44 @@ def test_the_tuning_grid_tries_each_merge_level_and_keeps_the_base_without_one()
     grid = {"threshold": [0.5], "min_size": [10], "marker_threshold": [0.9]}
     channels = ("nucleus", "contour")
     assert {c["merge_below"] for c in candidates(grid, {"merge_below": 0.3}, channels)} == {0.3}
-    found = candidates({**grid, "merge_below": [None, 0.5]}, {}, channels)
-    assert [c["merge_below"] for c in found] == [None, 0.5]
+    found = candidates({**grid, "merge_below": [None, 0.5], "merge_convex": [None, 0.9]}, {},
+                       channels)  # fmt: skip
+    assert [(c["merge_below"], c["merge_convex"]) for c in found] == [
+        (None, None), (None, 0.9), (0.5, None), (0.5, 0.9)
+    ]  # fmt: skip
+
+
+def halved_ellipse_beside_touching_discs() -> tuple[np.ndarray, np.ndarray]:
+    """An instance map (96, 96) as the watershed may leave it: an ellipse cut into two halves
+    (one nucleus two markers split) and two touching discs (two nuclei), with their truth."""
+    truth = np.zeros((96, 96), np.int32)
+    truth[disk((30, 30), 10)] = 1
+    truth[disk((30, 48), 10)] = 2
+    truth[ellipse(72, 48, 9, 30)] = 3
+    split = truth.copy()
+    split[(truth == 3) & (np.arange(96)[None, :] >= 48)] = 4  # the ellipse's right half
+    return split, truth
+
+
+def test_halves_whose_union_is_convex_are_merged_and_touching_discs_are_not():
+    split, truth = halved_ellipse_beside_touching_discs()
+    assert solidity(np.argwhere(truth == 3)) > 0.95
+    assert solidity(np.argwhere(np.isin(truth, [1, 2]))) < 0.95  # the pair has a waist
+    merged = merge_convex_neighbours(split, 0.95)
+    assert len(np.unique(merged[truth == 3])) == 1  # the ellipse whole again
+    assert merged[30, 30] != merged[30, 48]  # the two discs stay two
+    assert len(np.unique(merged)) - 1 == 3
+    assert ((merged > 0) == (split > 0)).all()
+    assert (merge_convex_neighbours(split, 1.0) == split).all()  # nothing is that convex
+
+
+def test_merge_convex_acts_in_instances_from_maps_and_is_validated():
+    maps, truth = split_nucleus_beside_touching_nuclei()
+    channels = ("nucleus", "contour")
+    merged = instances_from_maps(
+        maps, InstanceSettings(marker_threshold=0.9, merge_convex=0.95, channels=channels)
+    )
+    assert len(np.unique(merged[truth == 3])) == 1
+    assert merged[30, 30] != merged[30, 48]
+    with pytest.raises(ValueError, match="postprocess.merge_convex"):
+        InstanceSettings(merge_convex=1.5)

@@ -3,8 +3,8 @@
 
 Every combination of threshold, watershed markers (distance-transform peaks ``min_distance``
 apart, or h-maxima of depth ``h``; for instance-aware models the level ``marker_threshold``
-of their marker map, the smallest marker kept, ``marker_min_size``, and the border strength
-under which neighbours are merged, ``merge_below``), minimum size, and
+of their marker map, the smallest marker kept, ``marker_min_size``, and the merges of
+neighbours, ``merge_below`` (weak border) and ``merge_convex`` (convex union)), minimum size, and
 minimum size of the fragments at the image's edge (``border_min_size``) in ``grid`` is
 scored on the validation images (never the test split); the chosen one has (``objective``)
 the smallest absolute nucleus-count error relative to the true count, ties broken by AJI,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import ndimage
 from skimage.feature import peak_local_max
-from skimage.measure import regionprops_table
+from skimage.measure import regionprops, regionprops_table
 from skimage.morphology import h_maxima, remove_small_objects
 from skimage.segmentation import clear_border, watershed
 
@@ -238,14 +238,12 @@ def merge_weak_borders(labels: np.ndarray, separation: np.ndarray, below: float)
 
 
 def solidity(coords: np.ndarray) -> float:
-    """Area over convex-hull area of the pixels at ``coords`` (N, 2), as scikit-image's
-    ``regionprops`` computes it."""
-    from skimage.morphology import convex_hull_image
-
+    """Area over convex-hull area of the pixels at ``coords`` (N, 2): scikit-image's
+    ``regionprops`` solidity of the region they make."""
     low = coords.min(axis=0)
-    crop = np.zeros(tuple(coords.max(axis=0) - low + 1), bool)
-    crop[tuple((coords - low).T)] = True
-    return float(len(coords) / max(convex_hull_image(crop).sum(), 1))
+    crop = np.zeros(tuple(coords.max(axis=0) - low + 1), np.uint8)
+    crop[tuple((coords - low).T)] = 1
+    return float(regionprops(crop)[0].solidity)
 
 
 def merge_convex_neighbours(labels: np.ndarray, min_solidity: float) -> np.ndarray:
@@ -259,11 +257,9 @@ def merge_convex_neighbours(labels: np.ndarray, min_solidity: float) -> np.ndarr
     graph = _neighbour_graph(labels, np.zeros(labels.shape))
     if graph.number_of_edges() == 0:
         return labels
-    order = np.argsort(labels, axis=None, kind="stable")
-    starts = np.searchsorted(labels.ravel()[order], np.arange(labels.max() + 2))
-    for node in graph.nodes:
-        flat = order[starts[node] : starts[node + 1]]
-        graph.nodes[node]["coords"] = np.stack(np.unravel_index(flat, labels.shape), axis=1)
+    for region in regionprops(labels):
+        if region.label in graph:
+            graph.nodes[region.label]["coords"] = region.coords
 
     def weight(graph, a, b) -> float:
         return 1.0 - solidity(np.concatenate([graph.nodes[a]["coords"], graph.nodes[b]["coords"]]))

@@ -114,14 +114,20 @@ def test_marker_min_size_scales_as_an_area_and_the_grid_tries_each():
     ]  # fmt: skip
 
 
-def split_nucleus_beside_touching_nuclei() -> tuple[np.ndarray, np.ndarray]:
-    """Contour maps (2, 96, 96) and their true instances: a long nucleus whose marker map has
-    two cores with a faint ridge between them (contour 0.2: no border drawn), and two
-    touching discs with their drawn contours (1.0 along each one's rim)."""
+def touching_discs_and_a_long_nucleus() -> np.ndarray:
+    """True instances (96, 96): two touching discs (1, 2) and a long ellipse (3)."""
     truth = np.zeros((96, 96), np.int32)
     truth[disk((30, 30), 10)] = 1
     truth[disk((30, 48), 10)] = 2  # touches nucleus 1
     truth[ellipse(72, 48, 9, 30)] = 3
+    return truth
+
+
+def split_nucleus_beside_touching_nuclei() -> tuple[np.ndarray, np.ndarray]:
+    """Contour maps (2, 96, 96) and their true instances: a long nucleus whose marker map has
+    two cores with a faint ridge between them (contour 0.2: no border drawn), and two
+    touching discs with their drawn contours (1.0 along each one's rim)."""
+    truth = touching_discs_and_a_long_nucleus()
     maps = instance_targets(truth, ("nucleus", "contour")).astype(np.float32)
     long = truth == 3
     maps[1][long] = 0.2  # the model draws no border inside the long nucleus ...
@@ -173,10 +179,7 @@ def test_the_tuning_grid_tries_each_merge_level_and_keeps_the_base_without_one()
 def halved_ellipse_beside_touching_discs() -> tuple[np.ndarray, np.ndarray]:
     """An instance map (96, 96) as the watershed may leave it: an ellipse cut into two halves
     (one nucleus two markers split) and two touching discs (two nuclei), with their truth."""
-    truth = np.zeros((96, 96), np.int32)
-    truth[disk((30, 30), 10)] = 1
-    truth[disk((30, 48), 10)] = 2
-    truth[ellipse(72, 48, 9, 30)] = 3
+    truth = touching_discs_and_a_long_nucleus()
     split = truth.copy()
     split[(truth == 3) & (np.arange(96)[None, :] >= 48)] = 4  # the ellipse's right half
     return split, truth

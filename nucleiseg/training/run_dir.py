@@ -109,11 +109,17 @@ def check_same_config(run_dir: Path, cfg: DictConfig, previous: dict[str, Any]) 
     if saved_path.is_file():
         saved = comparable_config(OmegaConf.load(saved_path))
         now = comparable_config(cfg)
+        # a key absent from the saved config reads as null: keys added to conf/ since the
+        # run began, at a null default, do not change what it trains
         differing = [
             f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
             for k in sorted(set(saved) | set(now))
             if saved.get(k) != now.get(k)
         ]
+        if not differing:
+            added = sorted(set(now) - set(saved))
+            log.info("resuming %s: its config.yaml lacks %s, null here as well", run_dir, added)
+            return
     raise RunExistsError(
         f"'{run_dir}' holds an unfinished run begun with another config ("
         + ("; ".join(differing[:8]) or "its config.yaml is missing")

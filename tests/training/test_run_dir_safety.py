@@ -38,6 +38,35 @@ def test_resume_under_another_seed_is_refused_with_the_differing_key(unfinished_
     assert after == before  # config.yaml and results.json untouched
 
 
+@pytest.mark.parametrize(
+    ("key", "resumes"), [("merge_convex", True), ("min_distance", False)], ids=["null", "set"]
+)
+def test_a_run_begun_before_a_key_existed_resumes_only_if_the_key_defaults_to_null(
+    unfinished_run, tmp_path, key, resumes
+):
+    """A key added to conf/ after the run began (absent from its config.yaml and from the
+    fingerprint it stored) is null there: at a null default the run resumes, else refused."""
+    from omegaconf import OmegaConf
+
+    from nucleiseg.training.run_dir import config_fingerprint
+
+    run = tmp_path / "run"
+    shutil.copytree(unfinished_run, run)
+    begun = OmegaConf.load(run / "config.yaml")
+    del begun.postprocess[key]
+    OmegaConf.save(begun, run / "config.yaml")
+    results = json.loads((run / "results.json").read_text())
+    results["config_fingerprint"] = config_fingerprint(begun)
+    (run / "results.json").write_text(json.dumps(results))
+    cfg = compose_config(smoke_overrides(*STAGE1_ONLY), run)
+    assert config_fingerprint(cfg) != results["config_fingerprint"]
+    if resumes:
+        assert train(cfg)["status"] == "finished"
+    else:
+        with pytest.raises(RunExistsError, match=rf"postprocess.{key}: None -> 4"):
+            train(cfg)
+
+
 def test_a_moved_run_dir_resumes_from_its_own_checkpoints(unfinished_run, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(unfinished_run, moved)

@@ -10,11 +10,14 @@ run: pixel metrics, nucleus-level metrics and, for a two-stage model, stage 1 be
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -47,21 +50,36 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         datamodule.source = SplitAsTest(datamodule.source, split)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], default_root_dir=str(run_dir))
     trainer.test(module, datamodule=datamodule, verbose=False)
+    scores = module.split_results("test")
+    images = scored_images(scores, len(datamodule.samples["test"]), split)
     results = {
         "checkpoint": str(Path(cfg.ckpt).resolve()),
         "dataset": cfg.dataset.name,
         "split": split,
-        "images": len(datamodule.samples["test"]),
+        "images": images,
         "output": output,
         "input_mpp": input_mpp,
         "model_mpp": module.mpp,
         "tta": module.tta,
         "restained_like": restained,
         "status": "finished",
-        "test": module.split_results("test"),
+        "test": scores,
     }
     write_json_atomic(run_dir / "results.json", results)
     return results
+
+
+def scored_images(scores: dict[str, dict[str, Any]], in_split: int, split: str) -> int:
+    """How many images the figures are over (each counted once, across DDP ranks); fewer
+    than the split holds only where ``trainer.limit_test_batches`` cut it, with a warning."""
+    first = next(iter(scores.values()))
+    scored = len(set(first["per_image"]["index"]))
+    if scored < in_split:
+        log.warning(
+            "scored %d of the %d images of split '%s' (trainer.limit_test_batches): the "
+            "figures are not the whole split's", scored, in_split, split,
+        )  # fmt: skip
+    return scored
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

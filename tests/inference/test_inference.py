@@ -240,6 +240,23 @@ def test_evaluate_scores_a_checkpoint_like_training_does(smoke_run, tmp_path):
     assert whole["images"] == 16 and whole["split"] == "all"
 
 
+def test_evaluate_counts_the_images_it_scored_and_warns_when_batches_were_cut(
+    smoke_run, tmp_path, caplog
+):
+    from nucleiseg.evaluate import evaluate
+
+    from conftest import compose_config
+
+    run_dir, _ = smoke_run
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    cut = ["experiment=smoke", f"+ckpt={ckpt}", "+whole_dataset=true",
+           "dataset.datamodule.eval_batch_size=3", "++trainer.limit_test_batches=2"]  # fmt: skip
+    with caplog.at_level("WARNING", logger="nucleiseg.evaluate"):
+        scored = evaluate(compose_config(cut, tmp_path))
+    assert scored["images"] == 6 == len(scored["test"]["two_stage"]["per_image"]["dice"])
+    assert "scored 6 of the 16 images of split 'all'" in caplog.text
+
+
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_runs_outside_pytorch_and_matches_it(smoke_run, tmp_path, fmt):
     from nucleiseg.inference.export import export, exported_model

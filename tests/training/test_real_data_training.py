@@ -18,6 +18,8 @@ def test_tnbc_smoke_run_uses_the_papers_split_and_writes_it(tnbc_root, tmp_path)
         f"dataset.root={tnbc_root}",
         "stage.max_epochs=1",
         "++trainer.limit_train_batches=2",
+        "++trainer.limit_val_batches=1",
+        "++trainer.limit_test_batches=1",
         "figures.test_images=0",
     )
     results = train(compose_config(overrides, tmp_path))
@@ -51,9 +53,9 @@ def test_study_reads_tnbc_at_20x_crops_training_and_keeps_whole_test_images(tnbc
 def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(tnbc_root, tmp_path):
     """The recipe's one command end to end (train, tune post-processing on validation,
     score the TNBC test split and CoNSeP's test split), at toy size: 1 epoch of 2 batches
-    per phase, narrow encoder, a 2-setting tuning grid, CoNSeP in its own layout with seven
-    of its images (six training, as its 5 validation images need, and one test: 16 test
-    tiles)."""
+    per phase (validation and test: one batch of two images), narrow encoder, a 2-setting
+    tuning grid, CoNSeP in its own layout with seven of its images (six training, as its 5
+    validation images need, and one test)."""
     import json
     import subprocess
 
@@ -70,8 +72,10 @@ def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(tnbc_
             for path in (shared / split / part).glob(f"{split}_{image}_*"):
                 (consep / split / part / path.name).write_bytes(path.read_bytes())
     run = tmp_path / "run"
+    # validation and test: one batch of two images (evaluate says how many it scored)
     toy = ("size=small stage.max_epochs=1 ++trainer.limit_train_batches=2 "
-           "++trainer.limit_val_batches=1 figures.test_images=0 "
+           "++trainer.limit_val_batches=1 ++trainer.limit_test_batches=1 "
+           "dataset.datamodule.eval_batch_size=2 figures.test_images=0 "
            "dataset.datamodule.crop_size=128 trainer.enable_progress_bar=false")  # fmt: skip
     grid = " ".join(TINY_GRID)
     command = ["make", "tnbc-cpu", f"TNBC_ROOT={tnbc_root}", f"CONSEP_ROOT={consep}",
@@ -87,8 +91,8 @@ def test_make_tnbc_cpu_trains_tunes_and_scores_tnbc_and_consep_at_toy_size(tnbc_
     assert tuning["chosen"]["min_distance"] in (4, 8)
     tnbc = json.loads((run / "eval_tnbc" / "results.json").read_text())
     scored_consep = json.loads((run / "eval_consep" / "results.json").read_text())
-    assert (tnbc["images"], tnbc["split"]) == (10, "test")
-    assert (scored_consep["images"], scored_consep["split"]) == (16, "test")
+    assert (tnbc["images"], tnbc["split"]) == (2, "test")
+    assert (scored_consep["images"], scored_consep["split"]) == (2, "test")
     assert scored_consep["input_mpp"] == scored_consep["model_mpp"] == 0.25
     for scored in (tnbc, scored_consep):
         assert {"dice", "objects"} <= set(scored["test"]["two_stage"])

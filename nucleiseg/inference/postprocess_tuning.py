@@ -119,10 +119,10 @@ def score(
     """Nucleus metrics of ``settings`` (in model pixels; the maps have ``factor`` pixels per
     model pixel) on maps of ``channels``; with ``folds`` (one fold id per map), each fold's
     too, under ``"folds"`` (from the same instance maps: no extra post-processing)."""
-    return score_marker_levels([settings], probs, truths, factor, channels, folds)[0]
+    return score_marker_variants([settings], probs, truths, factor, channels, folds)[0]
 
 
-def score_marker_levels(
+def score_marker_variants(
     group: list[dict[str, Any]],
     probs: list,
     truths: list,
@@ -136,10 +136,10 @@ def score_marker_levels(
     from nucleiseg.metrics.objects import NucleusMetrics
     from nucleiseg.postprocessing.watershed import InstanceSettings, instances_for_marker_variants
 
-    if len(marker_level_groups(group)) != 1:
+    if len(marker_variant_groups(group)) != 1:
         raise ValueError(
-            f"score_marker_levels takes settings that differ in {', '.join(MARKER_KNOBS)} "
-            "alone: group them with marker_level_groups"
+            f"score_marker_variants takes settings that differ in {', '.join(MARKER_KNOBS)} "
+            "alone: group them with marker_variant_groups"
         )
     every = [InstanceSettings(**{**s, "channels": channels}).scaled(factor) for s in group]
     metrics = [NucleusMetrics() for _ in group]
@@ -161,7 +161,7 @@ def score_marker_levels(
 MARKER_KNOBS = ("marker_threshold", "marker_min_size", "merge_below", "merge_convex")
 
 
-def marker_level_groups(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def marker_variant_groups(settings: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Consecutive candidates that differ in their marker knobs (``MARKER_KNOBS``) alone, in
     their order."""
 
@@ -234,8 +234,8 @@ def tune(
     table = []
     settings = candidates(grid, base, channels)
     every = max(1, len(settings) // 10)  # progress: about ten log lines
-    for group in marker_level_groups(settings):
-        scores = score_marker_levels(group, probs, truths, factor, channels, folds)
+    for group in marker_variant_groups(settings):
+        scores = score_marker_variants(group, probs, truths, factor, channels, folds)
         for candidate, figures in zip(group, scores, strict=True):
             table.append({"settings": candidate, **figures})
             if len(table) % every == 0 or len(table) == len(settings):

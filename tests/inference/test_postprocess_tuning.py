@@ -243,15 +243,16 @@ def test_a_recipe_sets_its_tuning_objective_and_the_command_line_wins():
 
 
 @pytest.mark.parametrize("output_kind", ["contour", "hover"])
-def test_marker_levels_scored_together_score_as_each_alone(output_kind):
+def test_marker_variants_scored_together_score_as_each_alone(output_kind):
     """Tuning makes an instance-aware model's mask and marker map once per image for all
-    marker levels (HV maps' border is the dear part): the figures are each level's own."""
+    marker levels and merges (HV maps' border is the dear part): the figures are each
+    variant's own."""
     from nucleiseg.data.instance_targets import instance_targets
     from nucleiseg.inference.postprocess_tuning import (
         candidates,
-        marker_level_groups,
+        marker_variant_groups,
         score,
-        score_marker_levels,
+        score_marker_variants,
         tune,
     )
 
@@ -262,16 +263,16 @@ def test_marker_levels_scored_together_score_as_each_alone(output_kind):
     maps = np.clip(instance_targets(truth, channels) + noise, 0, 1).astype(np.float32)
     grid = {"threshold": [0.4, 0.6], "min_size": [5], "marker_threshold": [0.2, 0.5, 0.8],
             "marker_min_size": [0, 40], "hover_kernel_size": [5, 11],
-            "merge_below": [None, 0.5]}  # fmt: skip
+            "merge_below": [None, 0.5], "merge_convex": [None, 0.9]}  # fmt: skip
     settings = candidates(grid, {"fill_holes": True}, channels)
-    groups = marker_level_groups(settings)
+    groups = marker_variant_groups(settings)
     assert [c for g in groups for c in g] == settings
-    assert len(groups) == len(settings) // 12  # one group per threshold (and kernel)
-    together = score_marker_levels(groups[-1], [maps], [truth], channels=channels)
+    assert len(groups) == len(settings) // 24  # one group per threshold (and kernel)
+    together = score_marker_variants(groups[-1], [maps], [truth], channels=channels)
     alone = [score(c, [maps], [truth], channels=channels) for c in groups[-1]]
     assert together == alone
-    with pytest.raises(ValueError, match="merge_convex alone"):
-        score_marker_levels([groups[0][0], groups[-1][0]], [maps], [truth], channels=channels)
+    with pytest.raises(ValueError, match="merge_convex alone"):  # the knobs it may vary
+        score_marker_variants([groups[0][0], groups[-1][0]], [maps], [truth], channels=channels)
     assert len({r["count_error"] for r in alone}) > 1  # the levels do differ on this case
     assert {r["count_error"] for r in alone[:3]} != {r["count_error"] for r in alone[3:]}
     table = tune([maps], [truth], grid, {"fill_holes": True}, channels=channels)["candidates"]

@@ -10,14 +10,11 @@ run: pixel metrics, nucleus-level metrics and, for a two-stage model, stage 1 be
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig
-
-log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -27,6 +24,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     from nucleiseg.data.whole import SplitAsTest, WholeDataset
     from nucleiseg.files.atomic import write_json_atomic
     from nucleiseg.inference import loading
+    from nucleiseg.metrics.per_image import scored_images
     from nucleiseg.wsi.restaining import restain_datamodule
 
     run_dir = Path(cfg.paths.output_dir)
@@ -67,19 +65,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     }
     write_json_atomic(run_dir / "results.json", results)
     return results
-
-
-def scored_images(scores: dict[str, dict[str, Any]], in_split: int, split: str) -> int:
-    """How many images the figures are over (each counted once, across DDP ranks); fewer
-    than the split holds only where ``trainer.limit_test_batches`` cut it, with a warning."""
-    first = next(iter(scores.values()))
-    scored = len(set(first["per_image"]["index"]))
-    if scored < in_split:
-        log.warning(
-            "scored %d of the %d images of split '%s' (trainer.limit_test_batches): the "
-            "figures are not the whole split's", scored, in_split, split,
-        )  # fmt: skip
-    return scored
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

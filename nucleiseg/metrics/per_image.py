@@ -3,10 +3,14 @@
 Each test image contributes its pixel Dice (torchmetrics' samplewise F1) and its nucleus
 detection recall (true nuclei matched at IoU > 0.5 over true nuclei), both 1 for an image
 with no nucleus and none predicted; states are
-concatenated across batches and DDP ranks and sorted back into dataset order.
+concatenated across batches and DDP ranks and sorted back into dataset order; how many
+images they cover is what ``evaluate`` reports (:func:`scored_images`).
 """
 
 from __future__ import annotations
+
+import logging
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +19,8 @@ from torchmetrics.functional.classification import binary_f1_score
 from torchmetrics.utilities import dim_zero_cat
 
 from nucleiseg.metrics.objects import image_counts
+
+log = logging.getLogger(__name__)
 
 
 class PerImageScores(Metric):
@@ -57,3 +63,16 @@ class PerImageScores(Metric):
             "dice": dim_zero_cat(self.dice)[order].tolist(),
             "det_recall": dim_zero_cat(self.det_recall)[order].tolist(),
         }
+
+
+def scored_images(scores: dict[str, dict[str, Any]], in_split: int, split: str) -> int:
+    """How many images the figures are over (each counted once, across DDP ranks); fewer
+    than the split holds only where ``trainer.limit_test_batches`` cut it, with a warning."""
+    first = next(iter(scores.values()))
+    scored = len(set(first["per_image"]["index"]))
+    if scored < in_split:
+        log.warning(
+            "scored %d of the %d images of split '%s' (trainer.limit_test_batches): the "
+            "figures are not the whole split's", scored, in_split, split,
+        )  # fmt: skip
+    return scored

@@ -251,7 +251,7 @@ def test_evaluate_counts_the_images_it_scored_and_warns_when_batches_were_cut(
     ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
     cut = ["experiment=smoke", f"+ckpt={ckpt}", "+whole_dataset=true",
            "dataset.datamodule.eval_batch_size=3", "++trainer.limit_test_batches=2"]  # fmt: skip
-    with caplog.at_level("WARNING", logger="nucleiseg.evaluate"):
+    with caplog.at_level("WARNING", logger="nucleiseg.metrics.per_image"):
         scored = evaluate(compose_config(cut, tmp_path))
     assert scored["images"] == 6 == len(scored["test"]["two_stage"]["per_image"]["dice"])
     assert "scored 6 of the 16 images of split 'all'" in caplog.text

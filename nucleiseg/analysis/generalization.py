@@ -129,12 +129,13 @@ def plan(cfg: DictConfig) -> list[Step]:
         for model in cfg.models:
             phase, _ = MODELS[model]
             tune_dir = run_dir / "tuning" / model
-            tuned = tune_dir / "tuned.ckpt"
+            tuned = tune_dir / "tuned.ckpt"  # the step's own: an interrupted one is redone
+            # (overwrite=true), as it is done only once postprocess_tuning.json is written
             steps.append(Step(
                 f"{row}: tune {model}", "nucleiseg.tune_postprocess",
                 [*overrides, f"ckpt={run_dir / 'checkpoints' / phase / 'best.ckpt'}",
                  f"tuned_ckpt={tuned}", f"paths.output_dir={tune_dir}",
-                 f"hydra.run.dir={tune_dir}", *tune_overrides],
+                 f"hydra.run.dir={tune_dir}", "overwrite=true", *tune_overrides],
                 tune_dir / "postprocess_tuning.json",
             ))  # fmt: skip
             for column, selection in columns.items():

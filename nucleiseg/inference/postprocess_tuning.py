@@ -14,7 +14,8 @@ settings applied to the true masks (what post-processing alone miscounts) are sc
 it. It is written, with the table of every candidate, to ``postprocess_tuning.json`` in the
 run dir, and into a copy of the checkpoint (``<name>.tuned.ckpt`` beside it, written
 atomically; the original is never changed), so ``predict`` and ``evaluate`` use the values
-the model was tuned with.
+the model was tuned with. An earlier tuning's copy or table there is refused before any
+work, unless ``overwrite=true``.
 For a mix (several sources), the chosen settings are also scored on each source's
 validation images apart (``chosen_by_source``). With ``held_out=true`` it also reports, per
 objective, how its choice carries to images it was not chosen on (chosen on one half of the
@@ -301,10 +302,27 @@ def write_tuned_checkpoint(
         module_cfg = state["nucleiseg"].get("model", {}).get(key)
         if isinstance(module_cfg, dict):  # pixel metrics keep their own threshold (0.5)
             module_cfg["postprocess"] = dict(settings)
-    target = target or checkpoint.with_name(f"{checkpoint.stem}.tuned.ckpt")
+    return write_atomic(tuned_path(checkpoint, target), lambda tmp: torch.save(state, tmp))
+
+
+def tuned_path(checkpoint: Path, target: Path | None = None) -> Path:
+    """Where the tuned copy of ``checkpoint`` goes: ``target``, or ``<stem>.tuned.ckpt``
+    beside it; never the checkpoint itself."""
+    target = Path(target) if target else checkpoint.with_name(f"{checkpoint.stem}.tuned.ckpt")
     if target.resolve() == checkpoint.resolve():
         raise ValueError(f"tuned_ckpt={target} is the checkpoint itself: name another file")
-    return write_atomic(target, lambda tmp: torch.save(state, tmp))
+    return target
+
+
+def refuse_to_replace(paths: list[Path]) -> None:
+    """An earlier tuning's tuned checkpoint or table is kept unless ``overwrite=true``."""
+    found = [str(p) for p in paths if p.exists()]
+    if found:
+        raise FileExistsError(
+            f"tune_postprocess would replace {', '.join(repr(f) for f in found)} of an earlier "
+            "tuning: write this one elsewhere (tuned_ckpt=<file>, paths.output_dir=<dir>), or "
+            "pass overwrite=true to replace them"
+        )
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -317,6 +335,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     checkpoint = Path(cfg.ckpt)
     objective = str(cfg.get("objective", "count"))
     ranking(objective)  # refused before the maps are computed
+    target = tuned_path(checkpoint, cfg.get("tuned_ckpt"))
+    out_dir = Path(cfg.paths.output_dir)
+    if not cfg.get("overwrite", False):
+        refuse_to_replace([target, out_dir / "postprocess_tuning.json"])
     module, output = load_model(checkpoint)
     module.tta = bool(cfg.get("tta", False))
     if is_mix(cfg.dataset):
@@ -355,10 +377,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                      100 * figures["count_error"] / max(figures["true_count"], 1e-9))  # fmt: skip
     result["checkpoint"] = str(checkpoint)
     result["input_mpp"], result["model_mpp"], result["tta"] = input_mpp, module.mpp, module.tta
-    target = Path(cfg.tuned_ckpt) if cfg.get("tuned_ckpt") else None
     tuned = write_tuned_checkpoint(checkpoint, result["chosen"], target, module.tta)
     result["tuned_checkpoint"] = str(tuned)
-    out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "postprocess_tuning.json", result)
     return result

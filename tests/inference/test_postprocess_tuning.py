@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from skimage.draw import disk, ellipse
@@ -55,7 +57,8 @@ def test_tuning_picks_the_count_closest_setting_on_val_and_writes_a_tuned_copy(s
     ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
     original = ckpt.read_bytes()
     cfg = compose_config(["experiment=smoke", f"+ckpt={ckpt}", "+grid.threshold=[0.3,0.5]",
-                          "+grid.min_size=[5]", "+grid.min_distance=[2,6]", "+grid.h=[1.0]"],
+                          "+grid.min_size=[5]", "+grid.min_distance=[2,6]", "+grid.h=[1.0]",
+                          f"+tuned_ckpt={tmp_path / 'best.tuned.ckpt'}"],
                          tmp_path)  # fmt: skip
     result = run(cfg)
     assert len(result["candidates"]) == 2 * 1 * (2 + 1)
@@ -67,6 +70,32 @@ def test_tuning_picks_the_count_closest_setting_on_val_and_writes_a_tuned_copy(s
     chosen = InstanceSettings(**result["chosen"])
     assert module.instance_settings == chosen
     assert ckpt.read_bytes() == original  # the original checkpoint is never changed
+
+
+def test_a_second_tuning_into_the_same_places_is_refused_unless_overwrite(smoke_run, tmp_path):
+    """An earlier tuning's copy and table are kept: refused before any map is computed,
+    byte for byte; ``overwrite=true`` replaces them."""
+    from nucleiseg.inference.postprocess_tuning import run
+
+    from conftest import TINY_GRID, compose_config
+
+    run_dir, _ = smoke_run
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    tuned, table = tmp_path / "tuned.ckpt", tmp_path / "postprocess_tuning.json"
+
+    def tuning(*extra: str) -> dict:
+        grid = [f"+{g}" for g in TINY_GRID]
+        overrides = ["experiment=smoke", f"+ckpt={ckpt}", f"+tuned_ckpt={tuned}", *grid, *extra]
+        return run(compose_config(overrides, tmp_path))
+
+    tuning()
+    earlier = {p: p.read_bytes() for p in (tuned, table)}
+    refused = r"would replace '.*tuned.ckpt', '.*postprocess_tuning.json'.*overwrite=true"
+    with pytest.raises(FileExistsError, match=refused):
+        tuning("+tta=true")
+    assert {p: p.read_bytes() for p in (tuned, table)} == earlier
+    assert tuning("+tta=true", "overwrite=true")["tta"] is True
+    assert json.loads(table.read_text())["tta"] is True
 
 
 def test_tuned_copy_goes_where_asked_and_never_over_the_checkpoint(smoke_run, tmp_path):

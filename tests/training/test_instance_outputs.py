@@ -236,7 +236,7 @@ def test_tuning_an_instance_aware_model_tunes_its_marker_level(contour_run, tmp_
     run_dir, _ = contour_run
     ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
     cfg = compose_config(
-        ["experiment=smoke", f"+ckpt={ckpt}", "+tuned_ckpt=null",
+        ["experiment=smoke", f"+ckpt={ckpt}", f"+tuned_ckpt={tmp_path / 'tuned.ckpt'}",
          "+grid={threshold:[0.5],min_size:[10],min_distance:[4],h:[1.0],"
          "marker_threshold:[0.3,0.6]}"],
         tmp_path,
@@ -295,7 +295,7 @@ def test_a_hover_model_trains_exports_tunes_its_kernel_and_predicts_with_tta(tmp
     onnx = export(model, tmp_path / "model.onnx", "onnx")
     assert_export_matches(model, onnx, "onnx", [(1, 3, 64, 64)])  # all three channels
     cfg = compose_config(
-        ["experiment=smoke", f"+ckpt={ckpt}", "+tuned_ckpt=null",
+        ["experiment=smoke", f"+ckpt={ckpt}", f"+tuned_ckpt={tmp_path / 'tuned.ckpt'}",
          "+grid={threshold:[0.5],min_size:[10],min_distance:[4],h:[1.0],"
          "marker_threshold:[0.5],hover_kernel_size:[5,11]}"],
         tmp_path / "tuning",

@@ -97,6 +97,14 @@ def _ratio(num: float, den: float) -> float:
     return 1.0 if den == 0 else num / den
 
 
+def _pct_of_true(error: float, true_count: float) -> float:
+    """``error`` nuclei in percent of ``true_count`` (0 when both are 0; NaN when only the
+    truth is empty)."""
+    if true_count:
+        return 100 * error / true_count
+    return 0.0 if error == 0 else float("nan")
+
+
 def image_pq(counts: dict[str, float]) -> float:
     """One image's PQ from its :func:`image_counts` (1.0 with no nuclei on either side)."""
     tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
@@ -156,14 +164,10 @@ class NucleusMetrics(Metric):
             "count_error": float(self.count_err) / images,
             "abs_count_error": float(self.abs_count_err) / images,
             "true_count": (tp + fn) / images,  # true nuclei per image
-            # absolute count error as a share of the true count, in percent
-            "abs_count_error_pct": (
-                100 * float(self.abs_count_err) / (tp + fn)
-                if tp + fn
-                else 0.0
-                if float(self.abs_count_err) == 0
-                else float("nan")
-            ),
+            # the count error (signed: + over-counts) and its absolute value per image, as a
+            # share of the true count, in percent
+            "count_error_pct": _pct_of_true(float(self.count_err), tp + fn),
+            "abs_count_error_pct": _pct_of_true(float(self.abs_count_err), tp + fn),
         }
         return {k: torch.tensor(v) for k, v in values.items()}
 

@@ -56,6 +56,7 @@ def test_empty_prediction():
     assert s["det_precision"] == 1.0  # nothing was predicted, nothing falsely
     assert s["count_error"] == -1 and s["abs_count_error"] == 1
     assert s["true_count"] == 1 and s["abs_count_error_pct"] == 100.0
+    assert s["count_error_pct"] == -100.0  # signed: an under-count
 
 
 def test_empty_ground_truth():

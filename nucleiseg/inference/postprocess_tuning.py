@@ -373,8 +373,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for name, figures in result["chosen_by_source"].items():
             log.info("chosen settings on %s's validation images: AJI %.3f, PQ %.3f, detection "
                      "F1 %.3f, count %+.1f %% of the true count", name, figures["aji"],
-                     figures["pq"], figures["det_f1"],
-                     100 * figures["count_error"] / max(figures["true_count"], 1e-9))  # fmt: skip
+                     figures["pq"], figures["det_f1"], figures["count_error_pct"])  # fmt: skip
     result["checkpoint"] = str(checkpoint)
     result["input_mpp"], result["model_mpp"], result["tta"] = input_mpp, module.mpp, module.tta
     tuned = write_tuned_checkpoint(checkpoint, result["chosen"], target, module.tta)

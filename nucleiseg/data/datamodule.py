@@ -76,7 +76,8 @@ class NucleiSource(Protocol):
 class NucleiDataset(Dataset):
     """Yields ``image`` float (3, H, W) in 0..1, ``mask`` float (1, H, W), ``instances`` int32
     (H, W) and ``index``; with instance-aware ``channels`` also ``targets`` (C, H, W) and
-    ``instance_weight`` (0 where the source's masks are binary)."""
+    ``instance_weight`` (0 where the source's masks are binary); ``contour_width``: how many
+    pixels deep a contour target is drawn (None: 1)."""
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class NucleiDataset(Dataset):
         transform: A.BasicTransform | None = None,
         repeats: int = 1,
         channels: Sequence[str] = ("nucleus",),
+        contour_width: int | None = None,
     ) -> None:
         if repeats < 1:
             raise ValueError(f"dataset.datamodule.train_repeats must be >= 1, got {repeats}")
@@ -91,6 +93,7 @@ class NucleiDataset(Dataset):
         self.transform = transform
         self.repeats = repeats
         self.channels = check_channels(channels)
+        self.contour_width = contour_width or 1
 
     def __len__(self) -> int:
         return len(self.samples) * self.repeats
@@ -107,7 +110,9 @@ class NucleiDataset(Dataset):
         instances_t = torch.from_numpy(np.ascontiguousarray(instances, dtype=np.int32))
         item = {"image": image_t, "mask": mask_t, "instances": instances_t, "index": index}
         if len(self.channels) > 1:  # drawn after augmentation: they follow its geometry
-            item["targets"] = torch.from_numpy(instance_targets(instances, self.channels))
+            item["targets"] = torch.from_numpy(instance_targets(
+                instances, self.channels, self.contour_width
+            ))
             # binary-only sources (TNBC) train the nucleus channel alone
             item["instance_weight"] = torch.tensor(float(self.samples.true_instances))
         return item
@@ -140,9 +145,13 @@ class NucleiDataModule(L.LightningDataModule):
         mpp: float | None = None,
         model_mpp: float | None = None,
         channels: Sequence[str] = ("nucleus",),
+        contour_width: int | None = None,
     ) -> None:
         super().__init__()
         self.channels = check_channels(channels)
+        if contour_width is not None and contour_width < 1:
+            raise ValueError(f"output_kind.contour_width must be >= 1 pixel, got {contour_width}")
+        self.contour_width = contour_width or 1
         if model_mpp is not None and mpp is None:
             raise DatasetError(
                 f"model.mpp={model_mpp} asks for the data at {model_mpp} µm per pixel, but "
@@ -227,10 +236,10 @@ class NucleiDataModule(L.LightningDataModule):
         if split not in self.samples:
             self.setup()
         if split == "train":  # each image several times per epoch, a fresh crop each time
-            return NucleiDataset(
-                self.samples[split], self.train_transform, self.train_repeats, self.channels
-            )
-        return NucleiDataset(self.samples[split], self.eval_transform, channels=self.channels)
+            return NucleiDataset(self.samples[split], self.train_transform,
+                                 self.train_repeats, self.channels, self.contour_width)  # fmt: skip
+        return NucleiDataset(self.samples[split], self.eval_transform, channels=self.channels,
+                             contour_width=self.contour_width)  # fmt: skip
 
     def eval_batch_size_for(self, split: str) -> int:
         """Whole images are batched only when they share one size (after eval_transform):

@@ -6,7 +6,8 @@ Channel names (``output_kind.channels``, conf/output_kind/; checked by
 - ``nucleus``: nuclear pixels (the paper's binary target);
 - ``contour``: each nucleus's boundary pixels (scikit-image ``find_boundaries``, ``inner``
   mode: the outermost ring of every nucleus, so two touching nuclei are separated by two
-  rings), as DCAN's contour channel;
+  rings), as DCAN's contour channel; ``contour_width`` rings deep (``output_kind.contour_width``,
+  default 1: the outermost ring only);
 - ``distance``: each pixel's Euclidean distance to the nearest pixel outside its own nucleus
   (scipy), divided by that nucleus's largest, so every nucleus peaks at 1 in its centre and
   touching nuclei meet in a valley (Naylor et al. 2019 regress such a map);
@@ -30,9 +31,18 @@ from skimage.segmentation import find_boundaries
 from nucleiseg.channels.names import OFFSET_CHANNELS, encode_offsets
 
 
-def contour_map(instances: np.ndarray) -> np.ndarray:
-    """1 on each nucleus's boundary ring (inside the nucleus), 0 elsewhere."""
-    return find_boundaries(instances, connectivity=1, mode="inner").astype(np.float32)
+def contour_map(instances: np.ndarray, width: int = 1) -> np.ndarray:
+    """1 on each nucleus's boundary band, ``width`` pixels deep (inside the nucleus, so
+    touching nuclei keep theirs apart), 0 elsewhere."""
+    if width < 1:
+        raise ValueError(f"output_kind.contour_width must be >= 1 pixel, got {width}")
+    remaining = np.asarray(instances)
+    contour = np.zeros(remaining.shape, bool)
+    for _ in range(width):  # peel one ring of every nucleus at a time
+        ring = find_boundaries(remaining, connectivity=1, mode="inner") & (remaining > 0)
+        contour |= ring
+        remaining = np.where(ring, 0, remaining)
+    return contour.astype(np.float32)
 
 
 def distance_map(instances: np.ndarray) -> np.ndarray:
@@ -66,11 +76,13 @@ def encoded_hover_maps(instances: np.ndarray) -> np.ndarray:
     return encode_offsets(hover_maps(instances))
 
 
-def instance_targets(instances: np.ndarray, channels: Sequence[str]) -> np.ndarray:
+def instance_targets(
+    instances: np.ndarray, channels: Sequence[str], contour_width: int = 1
+) -> np.ndarray:
     """(C, H, W) float32 targets of ``channels`` for one instance map (H, W)."""
     makers = {
         "nucleus": lambda labels: (labels > 0).astype(np.float32),
-        "contour": contour_map,
+        "contour": lambda labels: contour_map(labels, contour_width),
         "distance": distance_map,
     }
     if OFFSET_CHANNELS[0] in channels:

@@ -36,6 +36,44 @@ def test_contour_target_is_each_nucleus_inner_ring():
     np.testing.assert_array_equal(contour, expected)  # both rings: the shared edge twice
 
 
+@pytest.mark.parametrize("width", [2, 3])
+def test_a_wider_contour_is_that_many_rings_inside_each_nucleus(width):
+    labels = two_touching_squares()
+    labels[7:9, 15:17] = 0  # a hole: the ring around it is a boundary too
+    contour = contour_map(labels, width)
+    assert not contour[labels == 0].any()  # inside the nuclei only
+    # across the seam (row 5, away from the hole): width px on each side, then interior
+    np.testing.assert_array_equal(contour[5, 10 - width : 10 + width], 1)
+    assert contour[5, 10 - width - 1] == 0 and contour[5, 10 + width] == 0
+    # each band is every pixel within `width` steps of its nucleus's edge (scipy's own count)
+    from scipy import ndimage
+
+    for nucleus in (1, 2):
+        inside = labels == nucleus
+        depth = ndimage.distance_transform_cdt(np.pad(inside, 1), metric="taxicab")[1:-1, 1:-1]
+        np.testing.assert_array_equal(contour[inside], depth[inside] <= width)
+    stacked = instance_targets(labels, ("nucleus", "contour"), contour_width=width)
+    np.testing.assert_array_equal(stacked[1], contour)
+
+
+def test_a_contour_narrower_than_a_pixel_is_refused():
+    with pytest.raises(ValueError, match="contour_width"):
+        contour_map(two_touching_squares(), 0)
+
+
+@pytest.mark.parametrize("override, width", [([], 1), (["output_kind.contour_width=2"], 2)])
+def test_the_configured_contour_width_reaches_the_training_targets(override, width, tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_config(smoke_overrides("output_kind=contour", *override), tmp_path)
+    datamodule = instantiate(cfg.dataset.datamodule, split_output=None)
+    datamodule.setup("fit")
+    item = datamodule.dataset("train")[0]
+    instances = item["instances"].numpy()
+    assert instances.max() > 1  # nuclei to draw bands in
+    np.testing.assert_array_equal(item["targets"][1].numpy(), contour_map(instances, width))
+
+
 def test_distance_target_peaks_at_one_per_nucleus_and_dips_where_nuclei_meet():
     labels = two_touching_squares()
     distance = distance_map(labels)

@@ -182,14 +182,17 @@ def cell(results_path: Path, output: str) -> dict[str, float] | None:
         return None
     test = json.loads(results_path.read_text())["test"][output]
     objects = test.get("objects", {})
-    true = objects.get("true_count") or 0.0
-    count = 100 * float(objects.get("count_error", 0.0)) / true if true else float("nan")
+    count = objects.get("count_error_pct")
+    if count is None:  # results.json written before count_error_pct existed
+        from nucleiseg.metrics.objects import pct_of_true
+
+        count = pct_of_true(float(objects.get("count_error", 0.0)), objects.get("true_count", 0))
     return {
         "dice": float(test["dice"]),
         "aji": float(objects.get("aji", float("nan"))),
         "pq": float(objects.get("pq", float("nan"))),
         "det_f1": float(objects.get("det_f1", float("nan"))),
-        "count_error_pct": count,  # signed: over-counting is positive
+        "count_error_pct": float(count),  # signed: over-counting is positive
     }
 
 

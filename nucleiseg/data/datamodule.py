@@ -110,9 +110,9 @@ class NucleiDataset(Dataset):
         instances_t = torch.from_numpy(np.ascontiguousarray(instances, dtype=np.int32))
         item = {"image": image_t, "mask": mask_t, "instances": instances_t, "index": index}
         if len(self.channels) > 1:  # drawn after augmentation: they follow its geometry
-            item["targets"] = torch.from_numpy(instance_targets(
-                instances, self.channels, self.contour_width
-            ))
+            item["targets"] = torch.from_numpy(
+                instance_targets(instances, self.channels, self.contour_width)
+            )
             # binary-only sources (TNBC) train the nucleus channel alone
             item["instance_weight"] = torch.tensor(float(self.samples.true_instances))
         return item

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from nucleiseg.analysis.generalization import generalization_call, plan
+from nucleiseg.analysis.generalization import cell, generalization_call, plan
 
 from conftest import CONF_DIR, TINY_GRID, compose_config
 
@@ -194,3 +194,18 @@ def test_the_stain_rows_switch_off_every_lever_but_the_stain_re_mixing():
         levers = cfg.robustness
         on = {k for k, p in levers.items() if k != "scale_range" and p > 0}
         assert on == {"stain"}, (name, dict(levers))
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_a_cell_reads_the_signed_count_error_percent_or_derives_it_from_an_older_file(
+    stored, tmp_path
+):
+    objects = {"aji": 0.5, "pq": 0.4, "det_f1": 0.6, "count_error": -3.0, "true_count": 20.0}
+    if stored:
+        objects["count_error_pct"] = -15.0
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"test": {"two_stage": {"dice": 0.8, "objects": objects}}}))
+    figures = cell(results, "two_stage")
+    assert figures["count_error_pct"] == pytest.approx(-15.0)  # -3 of 20 nuclei per image
+    assert figures["dice"] == pytest.approx(0.8) and figures["aji"] == pytest.approx(0.5)
+    assert cell(tmp_path / "absent.json", "two_stage") is None

@@ -183,10 +183,9 @@ def cell(results_path: Path, output: str) -> dict[str, float] | None:
     test = json.loads(results_path.read_text())["test"][output]
     objects = test.get("objects", {})
     count = objects.get("count_error_pct")
-    if count is None:  # results.json written before count_error_pct existed
-        from nucleiseg.metrics.objects import pct_of_true
-
-        count = pct_of_true(float(objects.get("count_error", 0.0)), objects.get("true_count", 0))
+    if count is None:  # results.json written before count_error_pct existed (session 49)
+        true = objects.get("true_count") or 0.0
+        count = 100 * float(objects.get("count_error", 0.0)) / true if true else float("nan")
     return {
         "dice": float(test["dice"]),
         "aji": float(objects.get("aji", float("nan"))),

@@ -97,7 +97,7 @@ def _ratio(num: float, den: float) -> float:
     return 1.0 if den == 0 else num / den
 
 
-def pct_of_true(error: float, true_count: float) -> float:
+def _pct_of_true(error: float, true_count: float) -> float:
     """``error`` nuclei in percent of ``true_count`` (0 when both are 0; NaN when only the
     truth is empty)."""
     if true_count:
@@ -166,8 +166,8 @@ class NucleusMetrics(Metric):
             "true_count": (tp + fn) / images,  # true nuclei per image
             # the count error (signed: + over-counts) and its absolute value per image, as a
             # share of the true count, in percent
-            "count_error_pct": pct_of_true(float(self.count_err), tp + fn),
-            "abs_count_error_pct": pct_of_true(float(self.abs_count_err), tp + fn),
+            "count_error_pct": _pct_of_true(float(self.count_err), tp + fn),
+            "abs_count_error_pct": _pct_of_true(float(self.abs_count_err), tp + fn),
         }
         return {k: torch.tensor(v) for k, v in values.items()}
 

@@ -22,7 +22,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from nucleiseg.channels.names import check_channels
-from nucleiseg.data.instance_targets import instance_targets
+from nucleiseg.data.instance_targets import checked_contour_width, instance_targets
 from nucleiseg.data.io import DatasetError
 from nucleiseg.data.resolution import resample_factor, resample_split
 from nucleiseg.data.samples import SplitSamples
@@ -77,7 +77,7 @@ class NucleiDataset(Dataset):
     """Yields ``image`` float (3, H, W) in 0..1, ``mask`` float (1, H, W), ``instances`` int32
     (H, W) and ``index``; with instance-aware ``channels`` also ``targets`` (C, H, W) and
     ``instance_weight`` (0 where the source's masks are binary); ``contour_width``: how many
-    pixels deep a contour target is drawn (None: 1)."""
+    pixels deep a contour target is drawn."""
 
     def __init__(
         self,
@@ -85,7 +85,7 @@ class NucleiDataset(Dataset):
         transform: A.BasicTransform | None = None,
         repeats: int = 1,
         channels: Sequence[str] = ("nucleus",),
-        contour_width: int | None = None,
+        contour_width: int = 1,
     ) -> None:
         if repeats < 1:
             raise ValueError(f"dataset.datamodule.train_repeats must be >= 1, got {repeats}")
@@ -93,7 +93,7 @@ class NucleiDataset(Dataset):
         self.transform = transform
         self.repeats = repeats
         self.channels = check_channels(channels)
-        self.contour_width = contour_width or 1
+        self.contour_width = contour_width
 
     def __len__(self) -> int:
         return len(self.samples) * self.repeats
@@ -149,9 +149,7 @@ class NucleiDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.channels = check_channels(channels)
-        if contour_width is not None and contour_width < 1:
-            raise ValueError(f"output_kind.contour_width must be >= 1 pixel, got {contour_width}")
-        self.contour_width = contour_width or 1
+        self.contour_width = checked_contour_width(contour_width)  # refused before any data
         if model_mpp is not None and mpp is None:
             raise DatasetError(
                 f"model.mpp={model_mpp} asks for the data at {model_mpp} µm per pixel, but "

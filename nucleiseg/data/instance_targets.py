@@ -31,11 +31,19 @@ from skimage.segmentation import find_boundaries
 from nucleiseg.channels.names import OFFSET_CHANNELS, encode_offsets
 
 
+def checked_contour_width(width: int | None) -> int:
+    """``output_kind.contour_width`` in pixels: None (as runs begun before the key read it)
+    is 1; under 1 is refused."""
+    width = 1 if width is None else width
+    if width < 1:
+        raise ValueError(f"output_kind.contour_width must be >= 1 pixel, got {width}")
+    return width
+
+
 def contour_map(instances: np.ndarray, width: int = 1) -> np.ndarray:
     """1 on each nucleus's boundary band, ``width`` pixels deep (inside the nucleus, so
     touching nuclei keep theirs apart), 0 elsewhere."""
-    if width < 1:
-        raise ValueError(f"output_kind.contour_width must be >= 1 pixel, got {width}")
+    width = checked_contour_width(width)
     remaining = np.asarray(instances)
     contour = np.zeros(remaining.shape, bool)
     for _ in range(width):  # peel one ring of every nucleus at a time

@@ -4,13 +4,21 @@ source image, instance and type maps that reach the metrics."""
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
-from nucleiseg.data.consep import CoNSePDataset, find_consep_pairs
+from nucleiseg.data.consep import (
+    IMAGE_SIZE,
+    TILE_SIZE,
+    CoNSePDataset,
+    assemble_tiles,
+    find_consep_pairs,
+    tile_origin,
+)
 from nucleiseg.data.io import DatasetError
 from nucleiseg.metrics.objects import NucleusMetrics
 
@@ -127,6 +135,73 @@ def test_instance_masks_reach_the_metrics(consep_root, tmp_path):
     _, aji = reference_pq_aji(pred, truth)
     assert float(metric.compute()["aji"]) == pytest.approx(aji)
     assert 0.3 < aji < 1.0
+
+
+@pytest.fixture(scope="module")
+def consep_whole(consep_root) -> CoNSePDataset:
+    return CoNSePDataset(str(consep_root), whole_images=True)
+
+
+def test_whole_images_put_each_images_sixteen_tiles_back_where_they_were_cut(
+    consep_root, consep, consep_whole
+):
+    for split in ("train", "val", "test"):  # the same images in every split
+        assert set(consep_whole.split(split).names) == source_images(consep.split(split).names)
+    test = consep_whole.split("test")
+    assert len(test) == 14
+    for image, instances, name in zip(test.images, test.instances, test.names, strict=True):
+        assert image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and instances.shape == image.shape[:2]
+        tile_ids = set()
+        for tile in range(16):
+            stem = f"{name}_{tile:03d}"
+            truth = np.asarray(Image.open(consep_root / "test" / "masks" / f"{stem}.png"))
+            y, x = tile_origin(tile)
+            # ids are the source image's: every tile's window holds its own map exactly
+            assert (instances[y : y + TILE_SIZE, x : x + TILE_SIZE] == truth).all(), stem
+            tile_ids |= set(np.unique(truth).tolist())
+        assert set(np.unique(instances).tolist()) == tile_ids  # no id lost or made up
+    corner = np.asarray(Image.open(consep_root / "test" / "images" / f"{test.names[0]}_015.jpg"))
+    assert (test.images[0][-TILE_SIZE:, -TILE_SIZE:] == corner).all()
+
+
+def test_a_run_on_tiles_split_file_splits_whole_images_the_same(consep_root, consep, tmp_path):
+    split_file = tmp_path / "split.csv"
+    split_file.write_text(
+        "name,split\n" + "".join(f"{n},{s}\n" for n, s in consep.assignment().items())
+    )
+    whole = CoNSePDataset(str(consep_root), whole_images=True, split_file=str(split_file))
+    assert whole.assignment() == {
+        name.rsplit("_", 1)[0]: split for name, split in consep.assignment().items()
+    }
+
+
+def test_tiles_that_disagree_where_they_overlap_or_are_missing_are_refused():
+    rng = np.random.default_rng(0)
+    source = rng.integers(1, 50, (IMAGE_SIZE, IMAGE_SIZE)).astype(np.int32)
+    tiles = {}
+    for index in range(16):
+        y, x = tile_origin(index)
+        window = source[y : y + TILE_SIZE, x : x + TILE_SIZE].copy()
+        image = np.zeros((TILE_SIZE, TILE_SIZE, 3), np.uint8)
+        tiles[index] = (Path(f"test_1_{index:03d}.jpg"), (image, window, None))
+    assert (assemble_tiles(tiles)[1] == source).all()
+    tiles[12][1][1][0, 0] += 1  # tile 12 overlaps tile 2 in its first 24 columns
+    with pytest.raises(DatasetError, match=r"'test_1_012\.jpg' does not agree"):
+        assemble_tiles(tiles)
+    del tiles[12]
+    with pytest.raises(DatasetError, match=r"missing: \[12\]"):
+        assemble_tiles(tiles)
+
+
+def test_dataset_consep_whole_images_reaches_the_test_loader(consep_root, tmp_path):
+    overrides = ["dataset=consep", f"dataset.root={consep_root}", "dataset.whole_images=true"]
+    cfg = compose_config(overrides, tmp_path)
+    datamodule = instantiate(
+        cfg.dataset.datamodule, split_output=None, num_workers=0, eval_batch_size=1
+    )
+    datamodule.setup("test")
+    batch = next(iter(datamodule.test_dataloader()))
+    assert batch["image"].shape[-2:] == batch["instances"].shape[-2:] == (1000, 1000)
 
 
 def test_a_tile_not_named_for_its_source_image_is_refused(consep_root, tmp_path):

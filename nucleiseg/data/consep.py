@@ -42,18 +42,18 @@ IMAGE_SIZE, TILE_SIZE = 1000, 256
 TILES_PER_IMAGE = 16
 
 
-def tile_origin(index: int, image_size: int = IMAGE_SIZE, tile: int = TILE_SIZE) -> tuple[int, int]:
+def tile_origin(index: int) -> tuple[int, int]:
     """Top-left (row, column) of tile ``index`` in its source image. The shared copy cut a
     3 x 3 grid from the top left (tiles 0-8, row by row), then the bottom row (9-11), the
     right column (12-14) and the corner (15) flush with the image's far edges, so these
-    overlap the grid by ``3 * tile - (image_size - tile)`` pixels (24 at 1000 px)."""
-    far = image_size - tile
+    overlap the grid by ``3 * TILE_SIZE - (IMAGE_SIZE - TILE_SIZE)`` pixels (24)."""
+    far = IMAGE_SIZE - TILE_SIZE
     if 0 <= index < 9:
-        return tile * (index // 3), tile * (index % 3)
+        return TILE_SIZE * (index // 3), TILE_SIZE * (index % 3)
     if 9 <= index < 12:
-        return far, tile * (index - 9)
+        return far, TILE_SIZE * (index - 9)
     if 12 <= index < 15:
-        return tile * (index - 12), far
+        return TILE_SIZE * (index - 12), far
     if index == 15:
         return far, far
     raise DatasetError(f"CoNSeP tile index {index} is not one of the 16 tiles (0-15) of an image")

@@ -20,6 +20,7 @@ from nucleiseg.data.consep import (
     tile_origin,
 )
 from nucleiseg.data.io import DatasetError
+from nucleiseg.data.splits import write_split_file
 from nucleiseg.metrics.objects import NucleusMetrics
 
 from conftest import compose_config, reference_pq_aji, shared_dataset
@@ -166,9 +167,7 @@ def test_whole_images_put_each_images_sixteen_tiles_back_where_they_were_cut(
 
 def test_a_run_on_tiles_split_file_splits_whole_images_the_same(consep_root, consep, tmp_path):
     split_file = tmp_path / "split.csv"
-    split_file.write_text(
-        "name,split\n" + "".join(f"{n},{s}\n" for n, s in consep.assignment().items())
-    )
+    write_split_file(split_file, consep.assignment())  # as a run on tiles writes it
     whole = CoNSePDataset(str(consep_root), whole_images=True, split_file=str(split_file))
     assert whole.assignment() == {
         name.rsplit("_", 1)[0]: split for name, split in consep.assignment().items()

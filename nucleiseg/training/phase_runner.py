@@ -21,7 +21,13 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    Timer,
+    WeightAveraging,
+)
 from omegaconf import DictConfig
 
 from nucleiseg.lightning.base import SegmentationModule
@@ -193,6 +199,8 @@ def run_phase(
         if kept_start:  # no epoch beat the start: the phase ends where it began
             module.load_state_dict(start)
             best_path, best = checkpoint.format_checkpoint_name({}), start_loss
+            # a weight average would write its own weights in place of the start's
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, WeightAveraging)]
             trainer.save_checkpoint(best_path)
             log.info("phase '%s': no epoch beat its starting validation loss %.4g; it ends "
                      "with its starting weights", phase.name, start_loss)  # fmt: skip

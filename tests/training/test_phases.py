@@ -278,16 +278,16 @@ def test_a_learning_rate_schedule_follows_each_phase_validation_loss(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("callbacks", ["default", "ema"])  # ema: an average must not replace it
 def test_a_phase_no_epoch_of_which_beats_its_start_ends_with_its_starting_weights(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, callbacks
 ):
     # an improvement must exceed min_delta: with 100, no epoch of any phase is one
     profiler = (
         "+trainer.profiler={_target_:lightning.pytorch.profilers.SimpleProfiler,filename:fit}"
     )
-    cfg = compose_config(
-        smoke_overrides("callbacks.early_stopping.min_delta=100", profiler), tmp_path / "run"
-    )
+    overrides = [f"callbacks={callbacks}", "callbacks.early_stopping.min_delta=100", profiler]
+    cfg = compose_config(smoke_overrides(*overrides), tmp_path / "run")
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -64,10 +64,10 @@ def uninterrupted(tmp_path_factory) -> dict:
     return results(run_dir)
 
 
-def resume_and_compare(run_dir: Path, uninterrupted: dict) -> dict:
-    """Rerun into ``run_dir``: it continues, finishes, and ends where the uninterrupted run
-    did, epoch for epoch and in every figure; its results."""
-    resumed = run_train(f"hydra.run.dir={run_dir}", WORKERS)
+def resume_and_compare(run_dir: Path, uninterrupted: dict, *overrides: str) -> dict:
+    """Rerun into ``run_dir`` (with ``overrides``, else two workers): it continues, finishes,
+    and ends where the uninterrupted run did, epoch for epoch and in every figure; its results."""
+    resumed = run_train(f"hydra.run.dir={run_dir}", *(overrides or (WORKERS,)))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "continues from" in resumed.stdout + resumed.stderr
     final = results(run_dir)
@@ -97,6 +97,20 @@ def test_sigkill_in_phase2_then_resume_gives_the_uninterrupted_results(uninterru
     rows = list(csv.DictReader((tmp_path / "csv" / "metrics.csv").open()))
     assert sum(1 for r in rows if r.get("stage1/val/loss")) == final["phases"][0]["epochs"]
     assert any(r.get("finetune/val/loss") for r in rows)
+
+
+def test_a_killed_run_with_a_weight_average_resumes_the_average(tmp_path):
+    ema = ["callbacks=ema", "callbacks.weight_averaging.decay=0.5"]
+    whole = run_train(f"hydra.run.dir={tmp_path / 'whole'}", *ema)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    kill = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=stage1",
+            "+callbacks.kill.epoch=1"]  # fmt: skip
+    killed = run_train(f"hydra.run.dir={tmp_path / 'resumed'}", *ema, *kill)
+    assert killed.returncode == -9
+    last = torch.load(tmp_path / "resumed/checkpoints/stage1/last.ckpt", weights_only=True)
+    assert "current_model_state" in last  # the trained weights beside the average
+    # restarting the average from the trained weights would end elsewhere
+    resume_and_compare(tmp_path / "resumed", results(tmp_path / "whole"), *ema)
 
 
 def test_deterministic_runs_with_one_seed_agree(uninterrupted, tmp_path):

@@ -1,0 +1,50 @@
+"""Weight averaging (``callbacks=ema``): what is validated, kept and passed on is the average."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from nucleiseg.lightning.phases import build_phases
+from nucleiseg.training.builders import build_modules
+from nucleiseg.training.orchestration import train
+from nucleiseg.training.phase_runner import start_val_loss
+
+from conftest import compose_config, smoke_overrides
+
+# a short memory, so that the two smoke epochs' few steps move the average far from its start
+EMA = ["callbacks=ema", "callbacks.weight_averaging.decay=0.5"]
+
+
+def test_the_ema_option_composes_lightnings_callback_and_is_off_by_default():
+    assert compose_config(smoke_overrides()).callbacks.weight_averaging is None
+    callback = instantiate(compose_config(smoke_overrides(*EMA)).callbacks.weight_averaging)
+    assert type(callback).__name__ == "EMAWeightAveraging"
+
+
+@pytest.mark.slow
+def test_the_best_checkpoint_holds_the_averaged_weights_that_were_validated(tmp_path):
+    cfg = compose_config(smoke_overrides(*EMA, "stage.max_epochs=3", "stage.patience=3"), tmp_path)
+    results = train(cfg)
+    record = results["phases"][0]
+    assert record["name"] == "stage1" and not record["kept_start"]
+    saved = torch.load(tmp_path / record["best_checkpoint"], weights_only=True)
+    averaged, trained = saved["state_dict"], saved["current_model_state"]
+    assert averaged.keys() == trained.keys()
+    assert any(not torch.equal(averaged[k], trained[k]) for k in averaged)
+
+    # validating each set of weights again: the phase's best validation loss is the average's
+    module, phase = build_modules(cfg)["stage1"], build_phases(cfg)[0]
+    datamodule = instantiate(cfg.dataset.datamodule)
+    losses = {}
+    for name, weights in (("averaged", averaged), ("trained", trained)):
+        module.load_state_dict(weights)
+        losses[name] = start_val_loss(cfg, phase, 0, module, datamodule, 0, tmp_path / "again")
+    assert losses["averaged"] == pytest.approx(record["best_val_loss"], rel=1e-4)
+    assert losses["trained"] != pytest.approx(record["best_val_loss"], rel=1e-4)
+
+    # the next phase starts from the average: its frozen stage 1 is the averaged stage 1
+    enhanced = torch.load(tmp_path / results["phases"][1]["best_checkpoint"], weights_only=True)
+    stage1 = {k: v for k, v in averaged.items() if k.startswith("stage1.")}
+    assert all(torch.equal(enhanced["state_dict"][k], v) for k, v in stage1.items())

@@ -22,7 +22,9 @@ def test_the_ema_option_composes_lightnings_callback_and_is_off_by_default():
     callback = instantiate(compose_config(smoke_overrides(*EMA)).callbacks.weight_averaging)
     assert type(callback).__name__ == "EMAWeightAveraging"
     # chosen on CoNSeP's validation split for its preset; the paper's recipes stay without
-    assert compose_config(["experiment=consep_cpu"]).callbacks.weight_averaging.decay == 0.995
+    for preset in ("consep_cpu", "generalist_cpu"):
+        averaging = compose_config([f"experiment={preset}"]).callbacks.weight_averaging
+        assert averaging.decay == 0.995, preset
     assert compose_config(["experiment=tnbc_cpu"]).callbacks.weight_averaging is None
 
 

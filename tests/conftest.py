@@ -59,6 +59,9 @@ TINY_GRID = ["grid.threshold=[0.5]", "grid.min_size=[10]", "grid.min_distance=[4
 
 MIX_OVERRIDES = ["experiment=smoke", "dataset=mix_synthetic", "trainer.enable_progress_bar=false"]
 
+# a weight average with a short memory, so that a smoke run's few steps move it far from its start
+EMA_OVERRIDES = ["callbacks=ema", "callbacks.weight_averaging.decay=0.5"]
+
 
 @pytest.fixture(scope="session")
 def mix_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:

@@ -15,7 +15,7 @@ import torch
 from nucleiseg.analysis.report import find_runs
 from nucleiseg.training.callbacks.checkpoint_io import AtomicCheckpointIO
 
-from conftest import ROOT
+from conftest import EMA_OVERRIDES, ROOT
 
 BASE = [
     "experiment=smoke", "stage.max_epochs=3", "stage.patience=5", "trainer.deterministic=true",
@@ -100,17 +100,16 @@ def test_sigkill_in_phase2_then_resume_gives_the_uninterrupted_results(uninterru
 
 
 def test_a_killed_run_with_a_weight_average_resumes_the_average(tmp_path):
-    ema = ["callbacks=ema", "callbacks.weight_averaging.decay=0.5"]
-    whole = run_train(f"hydra.run.dir={tmp_path / 'whole'}", *ema)
+    whole = run_train(f"hydra.run.dir={tmp_path / 'whole'}", *EMA_OVERRIDES)
     assert whole.returncode == 0, whole.stderr[-3000:]
     kill = [f"+callbacks.kill._target_={KILL}", "+callbacks.kill.phase=stage1",
             "+callbacks.kill.epoch=1"]  # fmt: skip
-    killed = run_train(f"hydra.run.dir={tmp_path / 'resumed'}", *ema, *kill)
+    killed = run_train(f"hydra.run.dir={tmp_path / 'resumed'}", *EMA_OVERRIDES, *kill)
     assert killed.returncode == -9
     last = torch.load(tmp_path / "resumed/checkpoints/stage1/last.ckpt", weights_only=True)
     assert "current_model_state" in last  # the trained weights beside the average
     # restarting the average from the trained weights would end elsewhere
-    resume_and_compare(tmp_path / "resumed", results(tmp_path / "whole"), *ema)
+    resume_and_compare(tmp_path / "resumed", results(tmp_path / "whole"), *EMA_OVERRIDES)
 
 
 def test_deterministic_runs_with_one_seed_agree(uninterrupted, tmp_path):

@@ -11,17 +11,16 @@ from nucleiseg.training.builders import build_modules
 from nucleiseg.training.orchestration import train
 from nucleiseg.training.phase_runner import start_val_loss
 
-from conftest import compose_config, smoke_overrides
-
-# a short memory, so that the two smoke epochs' few steps move the average far from its start
-EMA = ["callbacks=ema", "callbacks.weight_averaging.decay=0.5"]
+from conftest import EMA_OVERRIDES, compose_config, smoke_overrides
 
 
 def test_the_ema_option_composes_lightnings_callback_and_is_off_by_default():
     assert compose_config(smoke_overrides()).callbacks.weight_averaging is None
-    callback = instantiate(compose_config(smoke_overrides(*EMA)).callbacks.weight_averaging)
+    callback = instantiate(
+        compose_config(smoke_overrides(*EMA_OVERRIDES)).callbacks.weight_averaging
+    )
     assert type(callback).__name__ == "EMAWeightAveraging"
-    # chosen on CoNSeP's validation split for its preset; the paper's recipes stay without
+    # chosen on each preset's validation split; the paper's recipes and tnbc_cpu stay without
     for preset in ("consep_cpu", "generalist_cpu"):
         averaging = compose_config([f"experiment={preset}"]).callbacks.weight_averaging
         assert averaging.decay == 0.995, preset
@@ -30,7 +29,9 @@ def test_the_ema_option_composes_lightnings_callback_and_is_off_by_default():
 
 @pytest.mark.slow
 def test_the_best_checkpoint_holds_the_averaged_weights_that_were_validated(tmp_path):
-    cfg = compose_config(smoke_overrides(*EMA, "stage.max_epochs=3", "stage.patience=3"), tmp_path)
+    cfg = compose_config(
+        smoke_overrides(*EMA_OVERRIDES, "stage.max_epochs=3", "stage.patience=3"), tmp_path
+    )
     results = train(cfg)
     record = results["phases"][0]
     assert record["name"] == "stage1" and not record["kept_start"]

@@ -292,10 +292,11 @@ def write_tuned_checkpoint(
 ) -> Path:
     """A copy of ``checkpoint`` whose stored post-processing is ``settings`` (chosen on maps
     averaged over the dihedral views when ``tta``), at ``target`` (default:
-    ``<stem>.tuned.ckpt`` beside it)."""
-    from nucleiseg.training.checkpoints import read_checkpoint
+    ``<stem>.tuned.ckpt`` beside it): a model for use, so what only resumes training (the
+    optimizer's state, a weight average's trained weights) is left out."""
+    from nucleiseg.training.checkpoints import for_use, read_checkpoint
 
-    state = read_checkpoint(checkpoint)
+    state = for_use(read_checkpoint(checkpoint))
     state["nucleiseg"]["postprocess"] = dict(settings)
     state["nucleiseg"]["tuned_with_tta"] = bool(tta)
     for key in ("stage1_module", "two_stage_module"):  # the modules' copy of it, too

@@ -39,6 +39,22 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+#: what a training checkpoint holds only to resume training: the optimizer's moments and the
+#: schedulers', the loops' and callbacks' progress (early stopping, the checkpoint callback),
+#: and a weight average's trained weights beside the averaged ones (Lightning's
+#: ``WeightAveraging``). A model for use (a tuned copy) needs none of it.
+RESUME_ONLY_KEYS = (
+    "optimizer_states", "lr_schedulers", "loops", "callbacks", "current_model_state",
+    "averaging_state",
+)  # fmt: skip
+
+
+def for_use(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's contents without what only resuming its training reads: the weights,
+    the stored model config and the run's metadata stay."""
+    return {key: value for key, value in state.items() if key not in RESUME_ONLY_KEYS}
+
+
 def holds_enhancer(weights: dict[str, Any]) -> bool:
     """Whether a checkpoint's weights include the enhancer: a two-stage model, not stage 1."""
     return any(key.startswith("enhancer.") for key in weights)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from skimage.draw import disk, ellipse
 
 from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_mask
@@ -115,6 +116,29 @@ def test_tuned_copy_goes_where_asked_and_never_over_the_checkpoint(smoke_run, tm
     assert module.instance_settings == InstanceSettings(**settings)
     with pytest.raises(ValueError, match="the checkpoint itself"):
         write_tuned_checkpoint(ckpt, settings, ckpt)
+
+
+def test_the_tuned_copy_is_a_model_for_use_without_what_only_resumes_training(smoke_run, tmp_path):
+    """The optimizer's moments (twice the weights) stay in the run's checkpoint; the copy a
+    user ships holds the same model and predicts the same maps."""
+    from nucleiseg.inference.loading import load_model
+    from nucleiseg.inference.postprocess_tuning import write_tuned_checkpoint
+
+    run_dir, _ = smoke_run
+    ckpt = run_dir / "checkpoints" / "finetune" / "best.ckpt"
+    written = write_tuned_checkpoint(ckpt, {"threshold": 0.6}, tmp_path / "tuned.ckpt")
+    trained = torch.load(ckpt, weights_only=True)
+    tuned = torch.load(written, weights_only=True)
+    assert trained["optimizer_states"] and "loops" in trained  # what a resume reads
+    assert not {"optimizer_states", "lr_schedulers", "loops", "callbacks"} & tuned.keys()
+    assert tuned["state_dict"].keys() == trained["state_dict"].keys()
+    assert all(torch.equal(tuned["state_dict"][k], v) for k, v in trained["state_dict"].items())
+    assert written.stat().st_size < 0.6 * ckpt.stat().st_size
+    image = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        original, copy = (load_model(path)[0].eval()(image) for path in (ckpt, written))
+    assert original.keys() == copy.keys()
+    assert all(torch.equal(original[k], copy[k]) for k in original)
 
 
 def test_tuning_scores_the_validation_images_exactly_as_evaluation_scores_them(smoke_run):

@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from nucleiseg.inference.postprocess_tuning import write_tuned_checkpoint
 from nucleiseg.lightning.phases import build_phases
 from nucleiseg.training.builders import build_modules
 from nucleiseg.training.orchestration import train
@@ -58,6 +59,12 @@ def test_the_best_checkpoint_holds_the_averaged_weights_that_were_validated(tmp_
         losses[name] = start_val_loss(cfg, phase, 0, module, datamodule, 0, tmp_path / "again")
     assert losses["averaged"] == pytest.approx(record["best_val_loss"], rel=1e-4)
     assert losses["trained"] != pytest.approx(record["best_val_loss"], rel=1e-4)
+
+    # the tuned copy a user ships holds the average and not the trained weights beside it
+    best = tmp_path / record["best_checkpoint"]
+    tuned = torch.load(write_tuned_checkpoint(best, {}, tmp_path / "t.ckpt"), weights_only=True)
+    assert "current_model_state" not in tuned
+    assert all(torch.equal(tuned["state_dict"][k], v) for k, v in averaged.items())
 
     # the next phase starts from the average: its frozen stage 1 is the averaged stage 1
     enhanced = torch.load(tmp_path / results["phases"][1]["best_checkpoint"], weights_only=True)

@@ -45,7 +45,8 @@ def test_the_best_checkpoint_holds_the_averaged_weights_that_were_validated(tmp_
     results = train(cfg)
     record = results["phases"][0]
     assert record["name"] == "stage1" and not record["kept_start"]
-    saved = torch.load(tmp_path / record["best_checkpoint"], weights_only=True)
+    best = tmp_path / record["best_checkpoint"]
+    saved = torch.load(best, weights_only=True)
     averaged, trained = saved["state_dict"], saved["current_model_state"]
     assert averaged.keys() == trained.keys()
     assert any(not torch.equal(averaged[k], trained[k]) for k in averaged)
@@ -61,7 +62,6 @@ def test_the_best_checkpoint_holds_the_averaged_weights_that_were_validated(tmp_
     assert losses["trained"] != pytest.approx(record["best_val_loss"], rel=1e-4)
 
     # the tuned copy a user ships holds the average and not the trained weights beside it
-    best = tmp_path / record["best_checkpoint"]
     tuned = torch.load(write_tuned_checkpoint(best, {}, tmp_path / "t.ckpt"), weights_only=True)
     assert "current_model_state" not in tuned
     assert all(torch.equal(tuned["state_dict"][k], v) for k, v in averaged.items())

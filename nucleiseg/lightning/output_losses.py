@@ -1,11 +1,14 @@
 """The training loss of a model's output channels (conf/output_kind/): the paper's pixel-wise
 BCE on the nucleus channel (optionally plus MONAI's soft Dice, ``loss_weights.nucleus_dice``),
 and for instance-aware outputs a loss per extra channel (torch and MONAI), counted only for
-samples whose source draws instances (``instance_weight`` 1)."""
+samples whose source draws instances (``instance_weight`` 1). The contour channel's BCE can
+weigh the pixels where two nuclei touch more (``loss_weights.touching``), as the U-Net
+paper's weight map weighs the gaps between touching cells."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +23,9 @@ _BATCH_DICE = DiceLoss(sigmoid=True, batch=True)
 #: ``loss_weights`` key of the soft Dice added to the nucleus channel's BCE (0 or absent: the
 #: paper's BCE alone)
 NUCLEUS_DICE = "nucleus_dice"
+#: ``loss_weights`` key of the extra weight of the contour pixels where two nuclei touch
+#: (their BCE counts ``1 + touching`` times; 0 or absent: every pixel alike)
+TOUCHING = "touching"
 # HoVer-Net's gradient term: each offset map's derivative along its own axis (MONAI's Sobel,
 # as in monai.apps.pathology.losses.HoVerNetLoss)
 _SOBEL = {
@@ -38,11 +44,27 @@ def _per_sample(values: torch.Tensor) -> torch.Tensor:
     return values.flatten(1).mean(1)
 
 
+def touching_contour(contour: torch.Tensor, nucleus: torch.Tensor) -> torch.Tensor:
+    """1 on the contour pixels where two nuclei touch, 0 elsewhere ((N, 1, H, W) targets).
+
+    A contour pixel at a nucleus's free edge has background beside it; where two nuclei
+    touch, every pixel around it (3 x 3, within the image) is nuclear."""
+    all_nuclear = -F.max_pool2d(-nucleus.float(), kernel_size=3, stride=1, padding=1)
+    return contour.float() * (all_nuclear > 0.5).float()
+
+
 def contour_loss(
-    logits: torch.Tensor, target: torch.Tensor, nucleus: torch.Tensor | None = None
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    nucleus: torch.Tensor | None = None,
+    touching_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Per-sample BCE + soft Dice of a thin boundary channel (Dice keeps it from vanishing)."""
+    """Per-sample BCE + soft Dice of a thin boundary channel (Dice keeps it from vanishing);
+    with ``touching_weight`` and ``nucleus`` (the nucleus target), the BCE of the contour
+    pixels where two nuclei touch counts ``1 + touching_weight`` times."""
     pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    if touching_weight and nucleus is not None:
+        pixel = pixel * (1.0 + touching_weight * touching_contour(target, nucleus))
     return _per_sample(pixel) + _per_sample(_DICE(logits.float(), target.float()))
 
 
@@ -83,10 +105,10 @@ CHANNEL_LOSSES: dict[str, Callable[..., torch.Tensor]] = {
 def check_loss_weights(
     channels: Sequence[str], weights: Mapping[str, float] | None
 ) -> dict[str, float]:
-    """``weights`` as a dict, each key an extra channel of ``channels`` or ``nucleus_dice``,
-    each value a number >= 0."""
+    """``weights`` as a dict, each key an extra channel of ``channels``, ``nucleus_dice`` or
+    (with a contour channel) ``touching``, each value a number >= 0."""
     weights = dict(weights or {})
-    allowed = [*channels[1:], NUCLEUS_DICE]
+    allowed = [*channels[1:], NUCLEUS_DICE, *([TOUCHING] if "contour" in channels else [])]
     unknown = [key for key in weights if key not in allowed]
     if unknown:
         raise ValueError(f"output_kind.loss_weights {unknown} name no loss of the channels "
@@ -135,8 +157,12 @@ def output_loss(
             "built with the model's channels (dataset.datamodule.channels: ${model.channels})"
         )
     count = logits.new_ones(len(logits)) if instance_weight is None else instance_weight.float()
+    touching = (weights or {}).get(TOUCHING, 0.0)
     for index, name in enumerate(channels[1:], start=1):
-        per_sample = CHANNEL_LOSSES[name](
+        channel_loss = CHANNEL_LOSSES[name]
+        if name == "contour" and touching:
+            channel_loss = partial(contour_loss, touching_weight=touching)
+        per_sample = channel_loss(
             logits[:, index : index + 1], target[:, index : index + 1], target[:, :1]
         )
         weighted = (per_sample * count).sum() / count.sum().clamp_min(1.0)

@@ -11,7 +11,13 @@ import pytest
 import torch
 
 from nucleiseg.data.instance_targets import contour_map, distance_map, instance_targets
-from nucleiseg.lightning.output_losses import bce, check_loss_weights, output_loss
+from nucleiseg.lightning.output_losses import (
+    bce,
+    check_loss_weights,
+    contour_loss,
+    output_loss,
+    touching_contour,
+)
 from nucleiseg.postprocessing.watershed import InstanceSettings, instances_from_probability
 
 from conftest import compose_config, smoke_overrides
@@ -159,11 +165,43 @@ def test_loss_weights_name_a_loss_of_the_channels():
     weights = check_loss_weights(("nucleus", "contour"), {"contour": 2, "nucleus_dice": 1})
     assert weights == {"contour": 2.0, "nucleus_dice": 1.0}
     with pytest.raises(
-        ValueError, match=r"\['distance'\].*use one of \['contour', 'nucleus_dice'\]"
+        ValueError,
+        match=r"\['distance'\].*use one of \['contour', 'nucleus_dice', 'touching'\]",
     ):
         check_loss_weights(("nucleus", "contour"), {"distance": 1.0})
+    with pytest.raises(ValueError, match=r"\['touching'\] name no loss"):
+        check_loss_weights(("nucleus", "distance"), {"touching": 3.0})  # no contour to weigh
     with pytest.raises(ValueError, match="must be >= 0"):
         check_loss_weights(("nucleus",), {"nucleus_dice": -1.0})
+
+
+def test_touching_pixels_are_the_contour_where_two_nuclei_meet():
+    labels = two_touching_squares()
+    targets = torch.from_numpy(instance_targets(labels, ("nucleus", "contour")))[None]
+    touching = touching_contour(targets[:, 1:2], targets[:, :1])[0, 0].numpy()
+    # the seam: columns 9 and 10 of rows 3..8 (its ends, rows 2 and 9, have background beside)
+    expected = np.zeros(labels.shape, np.float32)
+    expected[3:9, 9:11] = 1
+    np.testing.assert_array_equal(touching, expected)
+
+
+def test_the_touching_weight_counts_the_seam_more_and_nothing_else():
+    labels = two_touching_squares()
+    single = np.where(labels == 2, 0, labels)  # one nucleus alone: no seam
+    for instances, seam_pixels in ((labels, 12), (single, 0)):
+        targets = torch.from_numpy(instance_targets(instances, ("nucleus", "contour")))[None]
+        logits = torch.zeros(1, 2, *instances.shape)  # p = 0.5 everywhere: BCE ln 2 a pixel
+        plain = contour_loss(logits[:, 1:], targets[:, 1:], targets[:, :1])
+        weighted = contour_loss(logits[:, 1:], targets[:, 1:], targets[:, :1], touching_weight=4.0)
+        extra = 4.0 * seam_pixels * np.log(2) / instances.size
+        assert (weighted - plain).item() == pytest.approx(extra, rel=1e-5)
+        through_config = output_loss(
+            logits, targets, ("nucleus", "contour"), {"contour": 1.0, "touching": 4.0}
+        ) - output_loss(logits, targets, ("nucleus", "contour"), {"contour": 1.0})
+        assert through_config.item() == pytest.approx(extra, rel=1e-5)
+    # binary-only samples stay out of it (their contour loss is masked as before)
+    masked = output_loss(logits, targets, ("nucleus", "contour"), {"touching": 4.0}, torch.zeros(1))
+    assert masked.item() == pytest.approx(bce(logits[:, :1], targets[:, :1]).item(), rel=1e-6)
 
 
 def test_instance_channels_split_touching_nuclei_that_binary_watershed_merges():

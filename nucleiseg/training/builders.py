@@ -42,8 +42,22 @@ def build_networks(cfg: DictConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
     return stage1, enhancer
 
 
+def check_touching_weight(cfg: DictConfig) -> None:
+    """``output_kind.loss_weights.touching`` finds the seam of the 1 px contour ring: with a
+    wider band (``output_kind.contour_width``) its inner rings would count as seam too."""
+    touching = OmegaConf.select(cfg, "output_kind.loss_weights.touching", default=0.0) or 0.0
+    width = OmegaConf.select(cfg, "model.contour_width", default=None) or 1
+    if touching and width > 1:
+        raise ValueError(
+            f"output_kind.loss_weights.touching={touching} weighs where the 1 px contour rings "
+            f"of two nuclei meet; with output_kind.contour_width={width} it would weigh the "
+            "band's inner rings too: set contour_width to 1 or touching to 0"
+        )
+
+
 def build_modules(cfg: DictConfig) -> dict[str, SegmentationModule]:
     """Stage 1 and the two-stage module, sharing one stage-1 network."""
+    check_touching_weight(cfg)
     stage1, enhancer = build_networks(cfg)
     optimizer = instantiate(cfg.model.optimizer)
     schedule = cfg.model.get("scheduler")

@@ -389,3 +389,19 @@ def test_a_hover_model_trains_exports_tunes_its_kernel_and_predicts_with_tta(tmp
     )  # fmt: skip
     assert not report.failed
     assert np.load(tmp_path / "out" / "tile_probability.npy").shape == (3, 70, 90)
+
+
+def test_the_touching_weight_with_a_wider_contour_band_is_refused_naming_both_keys():
+    from nucleiseg.training.builders import build_modules
+
+    wide = compose_config(
+        [
+            "output_kind=contour",
+            "output_kind.contour_width=2",
+            "output_kind.loss_weights.touching=3",
+        ]
+    )
+    with pytest.raises(ValueError, match=r"touching=3.*contour_width=2.*set contour_width to 1"):
+        build_modules(wide)
+    ring = compose_config(["output_kind=contour", "output_kind.loss_weights.touching=3"])
+    assert build_modules(ring)["two_stage"].loss_weights["touching"] == 3.0

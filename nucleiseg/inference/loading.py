@@ -125,6 +125,9 @@ def resolve_tta(module: SegmentationModule, requested: bool | None) -> bool:
             "with" if module.tuned_with_tta else "without", "with" if tta else "without",
             str(tta).lower(),
         )  # fmt: skip
+    elif tta:
+        log.info("averaging the 8 dihedral views (flips x rotations) as the checkpoint was "
+                 "tuned: 8x the inference time; tta=false for one view")  # fmt: skip
     return tta
 
 

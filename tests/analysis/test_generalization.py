@@ -162,7 +162,7 @@ def test_the_documented_smaller_tuning_grid_parses_as_a_command_line_gives_it():
     example = re.search(r"'(tune=\[.*\])'", comment).group(1)
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("generalization", overrides=[example])
-    assert list(cfg.tune) == ["grid.threshold=[0.5]", "grid.min_distance=[4,8]"]
+    assert list(cfg.tune) == ["tta=false", "grid.threshold=[0.5]", "grid.min_distance=[4,8]"]
 
 
 def dataset_roots(cfg) -> list[str]:

@@ -237,8 +237,11 @@ def test_tuning_with_tta_is_stored_and_evaluation_follows_it(smoke_run, tmp_path
                      "+whole_dataset=false", "+split=test", *extra]  # fmt: skip
         return evaluate(compose_config(overrides, tmp_path / out))
 
-    followed = scored(tuned_ckpt, "followed", "+tta=null")
+    with caplog.at_level("INFO", logger="nucleiseg.inference.loading"):
+        followed = scored(tuned_ckpt, "followed", "+tta=null")
     assert followed["tta"] is True
+    assert "8x the inference time; tta=false for one view" in caplog.text  # what it costs
+    caplog.clear()
     plain = scored(ckpt, "plain", "+tta=null")
     assert plain["tta"] is False
     with caplog.at_level("WARNING"):
@@ -293,6 +296,24 @@ def test_a_recipe_sets_its_tuning_objective_and_the_command_line_wins():
     assert objective("experiment=generalist_cpu") == "aji"  # chosen on held-out validation
     assert objective("experiment=generalist_cpu", "objective=pq") == "pq"
     assert objective("experiment=consep_cpu") == "aji"
+
+
+def test_the_generalist_tunes_on_averaged_views_and_the_matrix_on_one_view_for_every_row():
+    """Chosen on validation (session 54): 8 averaged views raised both sources' Dice, AJI and
+    PQ; the matrix keeps every row alike."""
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF_DIR
+
+    def tta(*overrides: str) -> bool:
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("tune_postprocess", overrides=["ckpt=x", *overrides]).tta
+
+    assert tta("experiment=generalist_cpu") is True
+    assert tta("experiment=generalist_cpu", "tta=false") is False
+    assert tta() is False and tta("experiment=consep_cpu") is False
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        assert list(compose("generalization").tune) == ["tta=false"]
 
 
 @pytest.mark.parametrize("output_kind", ["contour", "hover"])

@@ -7,6 +7,8 @@ probability difference from float32 on a sample tile, and the process's peak res
 memory during each run. Then the memory of the 2-level TCGA slide read
 at level 0 and of a generated 20,000 x 20,000 px pyramidal TIFF (a ``--big-tissue`` px
 square of tissue in it, so it finishes in minutes): peak memory must not follow the size.
+With ``--tta`` the CMU slide runs once more with the fastest precision on the 8 averaged
+dihedral views (as ``predict`` does for a checkpoint tuned with them): what they cost.
 Writes ``--out`` (JSON) when given; never overwrites it.
 """
 
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from nucleiseg.inference.loading import load_model
     from nucleiseg.inference.precision import autocast_predictor, onnx_predictor, sample_tile
     from nucleiseg.inference.tiling import module_predictor
+    from nucleiseg.models.dihedral import dihedral_tta
     from nucleiseg.training.precision import native_cpu_bf16
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-size", type=int, default=20_000)
     parser.add_argument("--big-tissue", type=int, default=2048)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--tta", action="store_true", help="also time the 8 averaged views")
     args = parser.parse_args(argv)
     if args.out is not None and args.out.exists():
         parser.error(f"--out {args.out} exists; choose another file (nothing is overwritten)")
@@ -123,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         fastest = max(rows, key=lambda r: r["tissue_mp_per_s"] if r["max_prob_diff"] <= 1e-2
                       else 0)  # fmt: skip
         predict = candidates[fastest["precision"]]
+        if args.tta:
+            views = run_slide(WSI / "CMU-1-Small-Region.svs",
+                              dihedral_tta(predict, module.channels), module,
+                              tmp_path / "tta", args.tile)  # fmt: skip
+            rows.append({"precision": f"{fastest['precision']}, 8 views",
+                         "max_prob_diff": None, **views})  # fmt: skip
         tcga = WSI / "TCGA-CR-7395-01A-01-TS1.svs"  # no mpp: say it is the model's (level 0)
         memory_rows.append(
             run_slide(tcga, predict, module, tmp_path / "tcga", args.tile, input_mpp=module.mpp)

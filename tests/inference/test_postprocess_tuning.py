@@ -283,37 +283,34 @@ def test_held_out_scores_each_objectives_choice_on_the_fold_it_was_not_chosen_on
         tune(probs[:1], truths[:1], grid, {"fill_holes": True}, folds=halves([0]))
 
 
-def test_a_recipe_sets_its_tuning_objective_and_the_command_line_wins():
+def composed(config_name: str, *overrides: str):
+    """A command's config as its command line composes it (``conf/<config_name>.yaml``)."""
     from hydra import compose, initialize_config_dir
 
     from conftest import CONF_DIR
 
-    def objective(*overrides: str) -> str:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return compose("tune_postprocess", overrides=["ckpt=x", *overrides]).objective
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose(config_name, overrides=list(overrides))
 
-    assert objective() == "count"
-    assert objective("experiment=generalist_cpu") == "aji"  # chosen on held-out validation
-    assert objective("experiment=generalist_cpu", "objective=pq") == "pq"
-    assert objective("experiment=consep_cpu") == "aji"
+
+def tuning_config(*overrides: str):
+    return composed("tune_postprocess", "ckpt=x", *overrides)
+
+
+def test_a_recipe_sets_its_tuning_objective_and_the_command_line_wins():
+    assert tuning_config().objective == "count"
+    assert tuning_config("experiment=generalist_cpu").objective == "aji"  # held-out validation
+    assert tuning_config("experiment=generalist_cpu", "objective=pq").objective == "pq"
+    assert tuning_config("experiment=consep_cpu").objective == "aji"
 
 
 def test_the_generalist_tunes_on_averaged_views_and_the_matrix_on_one_view_for_every_row():
     """Chosen on validation (session 54): 8 averaged views raised both sources' Dice, AJI and
     PQ; the matrix keeps every row alike."""
-    from hydra import compose, initialize_config_dir
-
-    from conftest import CONF_DIR
-
-    def tta(*overrides: str) -> bool:
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return compose("tune_postprocess", overrides=["ckpt=x", *overrides]).tta
-
-    assert tta("experiment=generalist_cpu") is True
-    assert tta("experiment=generalist_cpu", "tta=false") is False
-    assert tta() is False and tta("experiment=consep_cpu") is False
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        assert list(compose("generalization").tune) == ["tta=false"]
+    assert tuning_config("experiment=generalist_cpu").tta is True
+    assert tuning_config("experiment=generalist_cpu", "tta=false").tta is False
+    assert tuning_config().tta is False and tuning_config("experiment=consep_cpu").tta is False
+    assert list(composed("generalization").tune) == ["tta=false"]
 
 
 @pytest.mark.parametrize("output_kind", ["contour", "hover"])

@@ -17,9 +17,11 @@ def main(cfg: DictConfig) -> None:
     result = run(cfg)
     scores = result["chosen_scores"]
     print(f"chosen on {len(result['candidates'])} candidates: {result['chosen']}")
-    print(f"validation: AJI {scores['aji']:.3f}, detection F1 {scores['det_f1']:.3f}, "
+    print(f"validation: AJI {scores['aji']:.3f}, PQ {scores['pq']:.3f}, "
+          f"detection F1 {scores['det_f1']:.3f}, "
           f"count error {scores['count_error']:+.1f} per image "
-          f"({100 * scores['relative_abs_count_error']:.1f} % of the true count)")  # fmt: skip
+          f"({scores['count_error_pct']:+.1f} % of the true count; absolute per image "
+          f"{100 * scores['relative_abs_count_error']:.1f} %)")  # fmt: skip
     floor = result["chosen_on_true_masks"]
     print(f"the same post-processing on the true masks: count error {floor['count_error']:+.1f} "
           f"per image ({100 * floor['relative_abs_count_error']:.1f} %), "

@@ -55,7 +55,8 @@ def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 # a 2-candidate post-processing grid (tune_postprocess), for toy runs that tune
-TINY_GRID = ["grid.threshold=[0.5]", "grid.min_size=[10]", "grid.min_distance=[4,8]", "grid.h=[]"]
+TINY_GRID = ["grid.threshold=[0.5]", "grid.core_threshold=[null]", "grid.min_size=[10]",
+             "grid.min_distance=[4,8]", "grid.h=[]"]  # fmt: skip
 
 MIX_OVERRIDES = ["experiment=smoke", "dataset=mix_synthetic", "trainer.enable_progress_bar=false"]
 

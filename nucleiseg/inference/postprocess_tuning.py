@@ -1,21 +1,22 @@
 """Choose the post-processing (probability -> nuclei) on the validation split:
 ``python -m nucleiseg.tune_postprocess ckpt=<run>/checkpoints/finetune/best.ckpt dataset=tnbc``.
 
-Every combination of threshold, watershed markers (distance-transform peaks ``min_distance``
-apart, or h-maxima of depth ``h``; for instance-aware models the level ``marker_threshold``
-of their marker map, the smallest marker kept, ``marker_min_size``, and the merges of
-neighbours, ``merge_below`` (weak border) and ``merge_convex`` (convex union)), minimum size, and
-minimum size of the fragments at the image's edge (``border_min_size``) in ``grid`` is
-scored on the validation images (never the test split); the chosen one has (``objective``)
-the smallest absolute nucleus-count error relative to the true count, ties broken by AJI,
-or the highest AJI or PQ, ties broken by the count error. With ``tta`` the maps are
-averaged over the 8 dihedral views first (and the tuned checkpoint says so). The same
-settings applied to the true masks (what post-processing alone miscounts) are scored beside
-it. It is written, with the table of every candidate, to ``postprocess_tuning.json`` in the
-run dir, and into a copy of the checkpoint (``<name>.tuned.ckpt`` beside it, written
-atomically; the original is never changed), so ``predict`` and ``evaluate`` use the values
-the model was tuned with. An earlier tuning's copy or table there is refused before any
-work, unless ``overwrite=true``.
+Every combination of threshold, the level an object must reach somewhere
+(``core_threshold``, hysteresis), watershed markers (distance-transform peaks
+``min_distance`` apart, or h-maxima of depth ``h``; for instance-aware models the level
+``marker_threshold`` of their marker map, the smallest marker kept, ``marker_min_size``, and
+the merges of neighbours, ``merge_below`` (weak border) and ``merge_convex`` (convex union)),
+minimum size, and minimum size of the fragments at the image's edge (``border_min_size``) in
+``grid`` is scored on the validation images (never the test split); the chosen one has
+(``objective``) the smallest absolute nucleus-count error relative to the true count, ties
+broken by AJI, or the highest AJI, PQ or their sum (``aji_pq``), ties broken by the count
+error. With ``tta`` the maps are averaged over the 8 dihedral views first (and the tuned
+checkpoint says so). The same settings applied to the true masks (what post-processing alone
+miscounts) are scored beside it. It is written, with the table of every candidate, to
+``postprocess_tuning.json`` in the run dir, and into a copy of the checkpoint
+(``<name>.tuned.ckpt`` beside it, written atomically; the original is never changed), so
+``predict`` and ``evaluate`` use the values the model was tuned with. An earlier tuning's
+copy or table there is refused before any work, unless ``overwrite=true``.
 For a mix (several sources), the chosen settings are also scored on each source's
 validation images apart (``chosen_by_source``). With ``held_out=true`` it also reports, per
 objective, how its choice carries to images it was not chosen on (chosen on one half of the
@@ -51,9 +52,11 @@ def candidates(
     found = []
     # a grid without border_min_size keeps the base's (the config's postprocess)
     border_sizes = grid.get("border_min_size") or [base.get("border_min_size")]
-    sizes = itertools.product(grid["threshold"], grid["min_size"], border_sizes)
-    for threshold, min_size, border_min_size in sizes:
-        common = {**base, "threshold": threshold, "min_size": min_size,
+    # a grid without core_threshold keeps the base's (null: every object)
+    cores = grid.get("core_threshold") or [base.get("core_threshold")]
+    sizes = itertools.product(grid["threshold"], cores, grid["min_size"], border_sizes)
+    for threshold, core, min_size, border_min_size in sizes:
+        common = {**base, "threshold": threshold, "core_threshold": core, "min_size": min_size,
                   "border_min_size": border_min_size}  # fmt: skip
         if len(channels) > 1:
             # HV outputs also try the Sobel kernel of their border map
@@ -189,6 +192,8 @@ OBJECTIVES = {
     "count": lambda r: (round(r["relative_abs_count_error"], 4), -r["aji"]),
     "aji": lambda r: (-round(r["aji"], 4), r["relative_abs_count_error"]),
     "pq": lambda r: (-round(r["pq"], 4), r["relative_abs_count_error"]),
+    # both nucleus figures at once (pixels matched and nuclei found), equally weighted
+    "aji_pq": lambda r: (-round(r["aji"] + r["pq"], 4), r["relative_abs_count_error"]),
 }
 
 
@@ -213,8 +218,8 @@ def tune(
 ) -> dict:
     """Every candidate's validation scores, and the chosen settings (in model pixels; the
     maps have ``factor`` pixels per model pixel): by ``objective``, the smallest absolute
-    count error (ties: AJI; ``count``), or the highest AJI or PQ (ties: count; ``aji``,
-    ``pq``).
+    count error (ties: AJI; ``count``), or the highest AJI, PQ or AJI + PQ (ties: count;
+    ``aji``, ``pq``, ``aji_pq``).
 
     ``chosen_on_true_masks`` scores the chosen settings on the true masks themselves (the
     binary union of each true instance map as the "probability"): what the post-processing

@@ -38,6 +38,9 @@ from nucleiseg.channels.names import decode_offsets, offset_indices
 @dataclass
 class InstanceSettings:
     threshold: float = 0.5
+    # objects of the thresholded map are kept only where they hold a pixel at or above this
+    # (hysteresis: a faint object needs a confident core; None: every object)
+    core_threshold: float | None = None
     min_distance: int = 4  # pixels between nucleus centres (watershed markers)
     min_size: int = 10  # smaller objects are dropped (pixels)
     # objects touching the image's edge are nuclei cut by it: kept down to this size
@@ -65,6 +68,11 @@ class InstanceSettings:
         if self.markers not in ("peaks", "h_maxima"):
             raise ValueError(
                 f"postprocess.markers must be 'peaks' or 'h_maxima', not '{self.markers}'"
+            )
+        if self.core_threshold is not None and not 0.0 < self.core_threshold <= 1.0:
+            raise ValueError(
+                "postprocess.core_threshold must be a probability in (0, 1] or null (keep "
+                f"every object), not {self.core_threshold}"
             )
         if self.merge_below is not None and not 0.0 < self.merge_below <= 1.0:
             raise ValueError(
@@ -122,6 +130,22 @@ def cleaned_mask(mask: np.ndarray, settings: InstanceSettings) -> np.ndarray:
     inner = clear_border(mask)
     return _without_objects_under(inner, settings.min_size) | _without_objects_under(
         mask & ~inner, border_size
+    )
+
+
+def nucleus_mask(nucleus: np.ndarray, settings: InstanceSettings) -> np.ndarray:
+    """The nucleus probability (H, W) thresholded at ``threshold``; with ``core_threshold``
+    above it, only the objects that reach it somewhere are kept (scikit-image's hysteresis
+    thresholding): faint specks go, a faint rim of a confident nucleus stays."""
+    core = settings.core_threshold
+    if core is None or core <= settings.threshold:
+        return nucleus >= settings.threshold
+    from skimage.filters import apply_hysteresis_threshold
+
+    # scikit-image keeps values strictly above its bounds; ours are inclusive
+    below = np.nextafter(np.float32(settings.threshold), np.float32(0))
+    return apply_hysteresis_threshold(
+        nucleus.astype(np.float32), below, np.nextafter(np.float32(core), np.float32(0))
     )
 
 
@@ -305,9 +329,9 @@ def instances_for_marker_variants(
     them; a binary map has no markers of that kind, so its one instance map stands for all."""
     first = variants[0]
     if prob.ndim != 3 or len(first.channels) == 1:
-        instances = instances_from_mask(nucleus_probability(prob) >= first.threshold, first)
+        instances = instances_from_mask(nucleus_mask(nucleus_probability(prob), first), first)
         return [instances] * len(variants)
-    mask = cleaned_mask(prob[0] >= first.threshold, first)
+    mask = cleaned_mask(nucleus_mask(prob[0], first), first)
     if not mask.any():
         return [np.zeros(mask.shape, np.int32) for _ in variants]
     separation = separation_map(prob, first.channels, mask, first.hover_kernel_size)

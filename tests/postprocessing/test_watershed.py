@@ -14,6 +14,7 @@ from nucleiseg.postprocessing.watershed import (
     InstanceSettings,
     instances_from_maps,
     instances_from_mask,
+    instances_from_probability,
     merge_convex_neighbours,
     merge_weak_borders,
     solidity,
@@ -207,3 +208,45 @@ def test_merge_convex_acts_in_instances_from_maps_and_is_validated():
     assert merged[30, 30] != merged[30, 48]
     with pytest.raises(ValueError, match="postprocess.merge_convex"):
         InstanceSettings(merge_convex=1.5)
+
+
+def faint_speck_and_confident_nucleus_with_faint_rim() -> np.ndarray:
+    """A nucleus probability (64, 64): a faint blob (0.55 everywhere) and a nucleus with a
+    confident core (0.9) whose rim is as faint (0.55)."""
+    prob = np.zeros((64, 64), np.float32)
+    prob[disk((16, 16), 6)] = 0.55  # faint everywhere
+    prob[disk((44, 44), 10)] = 0.55  # the rim ...
+    prob[disk((44, 44), 6)] = 0.9  # ... of a confident nucleus
+    return prob
+
+
+@pytest.mark.parametrize("output_kind", ["binary", "contour"])
+def test_core_threshold_drops_faint_objects_and_keeps_a_confident_nucleus_whole(output_kind):
+    prob = faint_speck_and_confident_nucleus_with_faint_rim()
+    channels = ("nucleus",) if output_kind == "binary" else ("nucleus", "contour")
+    maps = prob if output_kind == "binary" else np.stack([prob, np.zeros_like(prob)])
+
+    def nuclei(**knobs) -> np.ndarray:
+        return instances_from_probability(maps, InstanceSettings(channels=channels, **knobs))
+
+    every = nuclei(threshold=0.5)
+    assert every[16, 16] > 0 and every[44, 44] > 0  # without a core level both are nuclei
+    cored = nuclei(threshold=0.5, core_threshold=0.8)
+    assert cored[16, 16] == 0  # the faint blob has no confident pixel
+    assert len(np.unique(cored)) - 1 == 1
+    assert (cored > 0).sum() == (prob[disk((44, 44), 10)] >= 0.5).sum()  # its rim kept too
+    # the levels are inclusive, as threshold is: a core exactly at the level counts
+    assert nuclei(threshold=0.55, core_threshold=0.9)[44, 44] > 0
+    assert (nuclei(threshold=0.5, core_threshold=0.4) == every).all()  # under threshold: none
+
+
+def test_core_threshold_outside_zero_to_one_is_refused_and_the_grid_tries_each():
+    with pytest.raises(ValueError, match="postprocess.core_threshold"):
+        InstanceSettings(core_threshold=1.5)
+    grid = {"threshold": [0.5], "min_size": [10], "marker_threshold": [0.9]}
+    channels = ("nucleus", "contour")
+    assert {c["core_threshold"] for c in candidates(grid, {"core_threshold": 0.7}, channels)} == {
+        0.7
+    }
+    found = candidates({**grid, "core_threshold": [None, 0.8]}, {}, channels)
+    assert [c["core_threshold"] for c in found] == [None, 0.8]
